@@ -1,0 +1,44 @@
+"""Row-level-security-first PostgreSQL for a multi-user Todo + AI chat backend."""
+
+from todo_rls.engine import EngineSettings, create_async_engine, create_engine, database_url
+from todo_rls.errors import (
+    DatabaseUnavailableError,
+    DatabaseUrlError,
+    InvalidInputError,
+    InvalidUserIdError,
+    MigrationPreconditionError,
+    NotFoundError,
+    TodoRlsError,
+    UnsafeRoleError,
+)
+from todo_rls.models import Conversation, Message, Task
+from todo_rls.session import (
+    APP_ROLE,
+    current_user_id,
+    scoped_async_session,
+    scoped_session,
+    validate_user_id,
+)
+
+__all__ = [
+    "APP_ROLE",
+    "Conversation",
+    "DatabaseUnavailableError",
+    "DatabaseUrlError",
+    "EngineSettings",
+    "InvalidInputError",
+    "InvalidUserIdError",
+    "Message",
+    "MigrationPreconditionError",
+    "NotFoundError",
+    "Task",
+    "TodoRlsError",
+    "UnsafeRoleError",
+    "create_async_engine",
+    "create_engine",
+    "current_user_id",
+    "database_url",
+    "scoped_async_session",
+    "scoped_session",
+    "validate_user_id",
+]

@@ -1,0 +1,153 @@
+"""Engines from DATABASE_URL: pool settings, pre-ping, connect retries, PgBouncer mode."""
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import sqlalchemy
+from sqlalchemy import URL, Engine, event, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import create_async_engine as _create_async_engine
+from sqlalchemy.util import await_only
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from todo_rls.errors import DatabaseUnavailableError, DatabaseUrlError
+
+_POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg_async"}
+
+# SQLSTATE classes that no retry can fix: bad password (28), no such database (3D).
+_PERMANENT_SQLSTATE_CLASSES = ("28", "3D")
+
+
+def database_url(url: str | None = None) -> URL:
+    """Parse url (default: $DATABASE_URL) into a psycopg 3 URL, or say what to fix."""
+    raw = url if url is not None else os.environ.get("DATABASE_URL")
+    if not raw:
+        raise DatabaseUrlError(
+            "DATABASE_URL is not set: export DATABASE_URL=postgresql://USER:PASSWORD@HOST/DBNAME"
+        )
+    try:
+        parsed = make_url(raw)
+    except ArgumentError as error:
+        raise DatabaseUrlError(
+            "DATABASE_URL is not a URL; expected postgresql://USER:PASSWORD@HOST/DBNAME"
+        ) from error
+    if parsed.drivername not in _POSTGRES_SCHEMES:
+        raise DatabaseUrlError(
+            f"DATABASE_URL scheme {parsed.drivername!r} is not PostgreSQL; use postgresql:// "
+            "(postgres:// and postgresql+psycopg:// are accepted too)"
+        )
+    return parsed.set(drivername="postgresql+psycopg")
+
+
+def is_pgbouncer_url(url: URL) -> bool:
+    """Whether url points at a transaction-mode pooler (Neon's pooled hosts end in -pooler)."""
+    return "-pooler." in (url.host or "")
+
+
+def _connect_args(url: URL, pgbouncer: bool | None, connect_timeout: int) -> dict[str, Any]:
+    args: dict[str, Any] = {"connect_timeout": connect_timeout}
+    if pgbouncer if pgbouncer is not None else is_pgbouncer_url(url):
+        # PgBouncer before 1.21 cannot route server-side prepared statements between clients.
+        args["prepare_threshold"] = None
+    return args
+
+
+def _is_transient(error: BaseException) -> bool:
+    if not isinstance(error, psycopg.OperationalError):
+        return False
+    sqlstate = error.sqlstate or ""
+    return not sqlstate.startswith(_PERMANENT_SQLSTATE_CLASSES)
+
+
+def _retry_connect(
+    engine: Engine, attempts: int, max_wait: float, sleep: Callable[[float], None]
+) -> None:
+    """Retry new connections with exponential backoff: Neon wakes a suspended compute slowly."""
+
+    @event.listens_for(engine, "do_connect")
+    def connect(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
+        retrying = Retrying(
+            stop=stop_after_attempt(attempts),
+            wait=wait_exponential(multiplier=0.2, max=max_wait) + wait_random(0, 0.2),
+            retry=retry_if_exception(_is_transient),
+            sleep=sleep,
+        )
+        try:
+            return retrying(dialect.connect, *cargs, **cparams)
+        except RetryError as error:  # only raised when every attempt failed transiently
+            last = error.last_attempt.exception()
+            where = f"{cparams.get('host') or 'localhost'}:{cparams.get('port') or 5432}"
+            raise DatabaseUnavailableError(
+                f"could not connect to PostgreSQL at {where} after {attempts} attempts: {last}. "
+                "Check that the server runs and DATABASE_URL names it."
+            ) from last
+
+
+def _async_sleep(seconds: float) -> None:
+    await_only(asyncio.sleep(seconds))
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """Pool and connection settings shared by the sync and async engines."""
+
+    # None: detect Neon's pooled host (-pooler); True for any transaction-mode PgBouncer.
+    pgbouncer: bool | None = None
+    pool_size: int = 5
+    max_overflow: int = 5
+    pool_timeout: float = 10.0
+    # Recycle before a Neon compute's idle suspend or a proxy's idle cut can bite.
+    pool_recycle: int = 300
+    # One round trip per checkout, so a connection killed by a suspend is never handed out.
+    pre_ping: bool = True
+    connect_timeout: int = 10
+    connect_attempts: int = 5
+    max_backoff: float = 5.0
+
+    def engine_options(self, url: URL) -> dict[str, Any]:
+        """Keyword arguments for sqlalchemy's create_engine / create_async_engine."""
+        return {
+            "pool_size": self.pool_size,
+            "max_overflow": self.max_overflow,
+            "pool_timeout": self.pool_timeout,
+            "pool_recycle": self.pool_recycle,
+            "pool_pre_ping": self.pre_ping,
+            "connect_args": _connect_args(url, self.pgbouncer, self.connect_timeout),
+        }
+
+
+def create_engine(
+    url: str | None = None, settings: EngineSettings | None = None, **kwargs: Any
+) -> Engine:
+    """A sync engine for url (default $DATABASE_URL); kwargs go to sqlalchemy.create_engine."""
+    settings = settings or EngineSettings()
+    parsed = database_url(url)
+    engine = sqlalchemy.create_engine(parsed, **(settings.engine_options(parsed) | kwargs))
+    _retry_connect(engine, settings.connect_attempts, settings.max_backoff, sleep=time.sleep)
+    return engine
+
+
+def create_async_engine(
+    url: str | None = None, settings: EngineSettings | None = None, **kwargs: Any
+) -> AsyncEngine:
+    """The asyncio twin of create_engine; backoff sleeps without blocking the event loop."""
+    settings = settings or EngineSettings()
+    parsed = database_url(url)
+    engine = _create_async_engine(parsed, **(settings.engine_options(parsed) | kwargs))
+    _retry_connect(
+        engine.sync_engine, settings.connect_attempts, settings.max_backoff, sleep=_async_sleep
+    )
+    return engine

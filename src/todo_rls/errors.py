@@ -1,0 +1,33 @@
+"""Errors a caller can act on; each message names the fix."""
+
+
+class TodoRlsError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+
+class InvalidUserIdError(TodoRlsError, ValueError):
+    """The user id given to a scoped session cannot identify a user."""
+
+
+class UnsafeRoleError(TodoRlsError):
+    """The database role would not be subject to row-level security."""
+
+
+class DatabaseUrlError(TodoRlsError, ValueError):
+    """DATABASE_URL is missing or is not a PostgreSQL URL."""
+
+
+class DatabaseUnavailableError(TodoRlsError):
+    """The server did not accept a connection, even after retries."""
+
+
+class MigrationPreconditionError(TodoRlsError):
+    """The database is not in a state the migrations can start from."""
+
+
+class InvalidInputError(TodoRlsError, ValueError):
+    """A value given to the data-access layer breaks a rule of the schema."""
+
+
+class NotFoundError(TodoRlsError, LookupError):
+    """No row with that id is visible to the current user (absent or someone else's)."""

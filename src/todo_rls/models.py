@@ -1,0 +1,124 @@
+"""SQLModel tables mirroring the migrated schema (the migrations, not these classes, create it)."""
+
+import uuid
+from datetime import datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Index,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+# Better Auth owns "user"; it is declared here only so foreign keys resolve.
+# migrations/env.py excludes it from autogenerate, and nothing here creates it.
+user_table = Table("user", metadata, Column("id", Text, primary_key=True))
+
+MESSAGE_ROLES = ("user", "assistant", "system", "tool")
+TITLE_MAX_LENGTH = 200
+
+
+class OwnedModel(SQLModel, registry=registry(metadata=metadata)):
+    """Base of tables whose rows belong to one Better Auth user."""
+
+
+def _uuid_pk() -> Any:
+    return Field(
+        default=None,
+        primary_key=True,
+        sa_column_kwargs={"server_default": text("gen_random_uuid()")},
+    )
+
+
+def _timestamp() -> Any:
+    return Field(
+        default=None,
+        sa_type=DateTime(timezone=True),  # type: ignore[call-overload]
+        sa_column_kwargs={"server_default": text("now()"), "nullable": False},
+    )
+
+
+def _owner() -> Any:
+    return Field(foreign_key="user.id", ondelete="CASCADE", sa_type=Text)
+
+
+class Task(OwnedModel, table=True):
+    __tablename__: ClassVar[str] = "task"  # type: ignore[misc]
+    __table_args__ = (
+        CheckConstraint("char_length(title) between 1 and 200", name="title_length"),
+        CheckConstraint("title ~ '\\S'", name="title_not_blank"),
+        Index(None, "user_id", "completed", "created_at", "id"),
+        Index(None, "user_id", "created_at", "id"),
+    )
+    __mapper_args__: ClassVar[dict[str, Any]] = {"eager_defaults": True}
+
+    id: uuid.UUID | None = _uuid_pk()
+    user_id: str = _owner()
+    title: str = Field(sa_type=Text)
+    description: str | None = Field(default=None, sa_type=Text)
+    completed: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    created_at: datetime | None = _timestamp()
+    updated_at: datetime | None = _timestamp()
+
+
+class Conversation(OwnedModel, table=True):
+    __tablename__: ClassVar[str] = "conversation"  # type: ignore[misc]
+    __table_args__ = (
+        CheckConstraint(
+            "title is null or (char_length(title) between 1 and 200 and title ~ '\\S')",
+            name="title_valid",
+        ),
+        # Target of message's composite foreign key.
+        UniqueConstraint("id", "user_id"),
+        Index(None, "user_id", "updated_at", "id"),
+    )
+    __mapper_args__: ClassVar[dict[str, Any]] = {"eager_defaults": True}
+
+    id: uuid.UUID | None = _uuid_pk()
+    user_id: str = _owner()
+    title: str | None = Field(default=None, sa_type=Text)
+    created_at: datetime | None = _timestamp()
+    updated_at: datetime | None = _timestamp()
+
+
+class Message(OwnedModel, table=True):
+    __tablename__: ClassVar[str] = "message"  # type: ignore[misc]
+    __table_args__ = (
+        # Composite: a message can only point into a conversation of its own user.
+        ForeignKeyConstraint(
+            ["conversation_id", "user_id"],
+            ["conversation.id", "conversation.user_id"],
+            ondelete="CASCADE",
+        ),
+        CheckConstraint("role in ('user', 'assistant', 'system', 'tool')", name="role_known"),
+        Index(None, "user_id", "conversation_id", "created_at", "id"),
+    )
+    __mapper_args__: ClassVar[dict[str, Any]] = {"eager_defaults": True}
+
+    id: uuid.UUID | None = _uuid_pk()
+    # Owned through the composite key above, which also ties it to "user".
+    user_id: str = Field(sa_type=Text)
+    conversation_id: uuid.UUID
+    role: str = Field(sa_type=Text)
+    content: str = Field(sa_type=Text)
+    created_at: datetime | None = _timestamp()
+    updated_at: datetime | None = _timestamp()

@@ -1,0 +1,148 @@
+"""A migrated template database, cloned per test; users, login roles and engines on it."""
+
+import secrets
+import string
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from fix_server import PgServer
+from psycopg import sql
+from pytest_postgresql import factories
+from sqlalchemy import Engine
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+import todo_rls
+from todo_rls import migrate
+
+# Better Auth 1.x's DDL for its users table, verbatim (see shared/RLS-FACTS.md).
+BETTER_AUTH_USER_DDL = """
+create table "user" ("id" text not null primary key, "name" text not null,
+  "email" text not null unique, "emailVerified" boolean not null, "image" text,
+  "createdAt" timestamptz default CURRENT_TIMESTAMP not null,
+  "updatedAt" timestamptz default CURRENT_TIMESTAMP not null)
+"""
+
+# Cluster-wide login roles the tests connect as; created idempotently, never dropped.
+APP_LOGIN = "todo_rls_test_app"  # member of todo_app: what a deployment logs in as
+BYPASS_LOGIN = "todo_rls_test_bypass"  # BYPASSRLS member of todo_app: must be refused
+LOGIN_PASSWORD = "todo_rls_test"
+ALPHANUMERIC = string.ascii_letters + string.digits
+
+
+def new_user_id() -> str:
+    """A fresh id shaped like Better Auth's (32 alphanumeric characters)."""
+    return "".join(secrets.choice(ALPHANUMERIC) for _ in range(32))
+
+
+def ensure_login_role(conn: psycopg.Connection[Any], name: str, *attributes: str) -> None:
+    """Create LOGIN role name (if absent) as a member of todo_app."""
+    options = sql.SQL(" ").join(sql.SQL(a) for a in attributes)
+    try:
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("create role {} login {} password {}").format(
+                    sql.Identifier(name), options, sql.Literal(LOGIN_PASSWORD)
+                )
+            )
+    except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+        pass  # another database of this cluster created it first
+    conn.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(name)))
+
+
+def create_user(conn: psycopg.Connection[Any], user_id: str | None = None) -> str:
+    """Insert a Better Auth user (as the superuser) and return its id."""
+    user_id = user_id or new_user_id()
+    conn.execute(
+        'insert into "user" (id, name, email, "emailVerified") values (%s, %s, %s, true)',
+        (user_id, f"user {user_id[:6]}", f"{user_id}@example.test"),
+    )
+    return user_id
+
+
+def load_migrated_template(
+    host: str, port: int, user: str, dbname: str, password: str | None = None, **_: Any
+) -> None:
+    """pytest-postgresql loader: Better Auth's table, then `alembic upgrade head`."""
+    server = PgServer(host, int(port), user, password)
+    with server.connect(dbname, autocommit=True) as conn:
+        conn.execute(BETTER_AUTH_USER_DDL)
+    migrate.upgrade(server.url(dbname).render_as_string(hide_password=False))
+    with server.connect(dbname, autocommit=True) as conn:
+        ensure_login_role(conn, APP_LOGIN)
+        ensure_login_role(conn, BYPASS_LOGIN, "bypassrls")
+
+
+migrated_server = factories.postgresql_noproc(dbname="todo_rls_test", load=[load_migrated_template])
+migrated_database = factories.postgresql("migrated_server")
+
+
+@pytest.fixture
+def dbname(migrated_database: psycopg.Connection[Any]) -> str:
+    """Name of this test's own copy of the migrated database."""
+    return migrated_database.info.dbname
+
+
+@pytest.fixture
+def admin(pg_server: PgServer, dbname: str) -> Iterator[psycopg.Connection[Any]]:
+    """Superuser connection (autocommit) for arranging data. Never use it to assert isolation."""
+    with pg_server.connect(dbname, autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def alice(admin: psycopg.Connection[Any]) -> str:
+    return create_user(admin)
+
+
+@pytest.fixture
+def bob(admin: psycopg.Connection[Any]) -> str:
+    return create_user(admin)
+
+
+@pytest.fixture
+def app_url(pg_server: PgServer, dbname: str) -> str:
+    """URL of this test's database as the application login role (a member of todo_app)."""
+    url = pg_server.url(dbname, user=APP_LOGIN, password=LOGIN_PASSWORD)
+    return url.render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def connect_app(
+    pg_server: PgServer, dbname: str
+) -> Iterator[Callable[..., psycopg.Connection[Any]]]:
+    """Open raw psycopg connections as a login role (default: the app's); closed after."""
+    opened: list[psycopg.Connection[Any]] = []
+
+    def connect(role: str = APP_LOGIN, **kwargs: Any) -> psycopg.Connection[Any]:
+        conn = psycopg.connect(
+            host=pg_server.host,
+            port=pg_server.port,
+            user=role,
+            password=LOGIN_PASSWORD,
+            dbname=dbname,
+            **kwargs,
+        )
+        opened.append(conn)
+        return conn
+
+    yield connect
+    for conn in opened:
+        conn.close()
+
+
+@pytest.fixture
+def app_engine(app_url: str) -> Iterator[Engine]:
+    """The library's engine, logged in as the application role."""
+    engine = todo_rls.create_engine(app_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+async def app_async_engine(app_url: str) -> AsyncIterator[AsyncEngine]:
+    """The library's async engine, logged in as the application role."""
+    engine = todo_rls.create_async_engine(app_url)
+    yield engine
+    await engine.dispose()
