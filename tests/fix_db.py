@@ -1,5 +1,6 @@
 """A migrated template database, cloned per test; users, login roles and engines on it."""
 
+import os
 import secrets
 import string
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -74,7 +75,9 @@ def load_migrated_template(
         ensure_login_role(conn, BYPASS_LOGIN, "bypassrls")
 
 
-migrated_server = factories.postgresql_noproc(dbname="todo_rls_test", load=[load_migrated_template])
+# One name per run, so parallel runs against one server never drop each other's databases.
+TEST_DBNAME = f"todo_rls_test_{os.getpid()}"
+migrated_server = factories.postgresql_noproc(dbname=TEST_DBNAME, load=[load_migrated_template])
 migrated_database = factories.postgresql("migrated_server")
 
 
