@@ -3,7 +3,8 @@
 import os
 import secrets
 import string
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -111,28 +112,61 @@ def app_url(pg_server: PgServer, dbname: str) -> str:
     return url.render_as_string(hide_password=False)
 
 
-@pytest.fixture
-def connect_app(
-    pg_server: PgServer, dbname: str
-) -> Iterator[Callable[..., psycopg.Connection[Any]]]:
-    """Open raw psycopg connections as a login role (default: the app's); closed after."""
-    opened: list[psycopg.Connection[Any]] = []
+class AppConnector:
+    """Opens raw psycopg connections to one database as a login role; close_all() ends them."""
 
-    def connect(role: str = APP_LOGIN, **kwargs: Any) -> psycopg.Connection[Any]:
+    def __init__(self, server: PgServer, dbname: str) -> None:
+        self.server, self.dbname = server, dbname
+        self.opened: list[psycopg.Connection[Any]] = []
+
+    def __call__(self, role: str = APP_LOGIN, **kwargs: Any) -> psycopg.Connection[Any]:
         conn = psycopg.connect(
-            host=pg_server.host,
-            port=pg_server.port,
+            host=self.server.host,
+            port=self.server.port,
             user=role,
             password=LOGIN_PASSWORD,
-            dbname=dbname,
+            dbname=self.dbname,
             **kwargs,
         )
-        opened.append(conn)
+        self.opened.append(conn)
         return conn
 
-    yield connect
-    for conn in opened:
-        conn.close()
+    def close_all(self) -> None:
+        for conn in self.opened:
+            conn.close()
+        self.opened.clear()
+
+
+@pytest.fixture
+def connect_app(pg_server: PgServer, dbname: str) -> Iterator[AppConnector]:
+    """Open raw psycopg connections as a login role (default: the app's); closed after."""
+    connector = AppConnector(pg_server, dbname)
+    yield connector
+    connector.close_all()
+
+
+@contextmanager
+def cloned_database(server: PgServer, template: str, name: str) -> Iterator[str]:
+    """A copy of template for a whole module (probes that roll back can share one)."""
+    with server.connect("postgres", autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("create database {} template {}").format(
+                sql.Identifier(name), sql.Identifier(template)
+            )
+        )
+    try:
+        yield name
+    finally:
+        with server.connect("postgres", autocommit=True) as conn:
+            conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="module")
+def module_dbname(pg_server: PgServer, migrated_server: Any) -> Iterator[str]:
+    """A migrated database shared by one test module; its tests must not change it."""
+    name = f"{TEST_DBNAME}_module_{secrets.token_hex(4)}"
+    with cloned_database(pg_server, migrated_server.template_dbname, name):
+        yield name
 
 
 @pytest.fixture
