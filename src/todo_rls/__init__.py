@@ -17,8 +17,8 @@ from todo_rls.session import (
     current_user_id,
     scoped_async_session,
     scoped_session,
-    validate_user_id,
 )
+from todo_rls.validation import validate_user_id
 
 __all__ = [
     "APP_ROLE",

@@ -19,8 +19,7 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential,
-    wait_random,
+    wait_random_exponential,
 )
 
 from todo_rls.errors import DatabaseUnavailableError, DatabaseUrlError
@@ -29,6 +28,15 @@ _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql
 
 # SQLSTATE classes that no retry can fix: bad password (28), no such database (3D).
 _PERMANENT_SQLSTATE_CLASSES = ("28", "3D")
+# libpq gives no SQLSTATE for a refused connection (psycopg's error.sqlstate is None there), so
+# the server's message is all that tells a typo from a waking compute. Unknown (for example
+# translated) messages are retried, as before.
+_PERMANENT_CONNECT_MESSAGES = (
+    "does not exist",  # no such database (3D000) or role (28000)
+    "password authentication failed",  # 28P01
+    "no pg_hba.conf entry",  # 28000
+    "permission denied for database",  # 42501: no CONNECT privilege
+)
 
 
 def database_url(url: str | None = None) -> URL:
@@ -69,7 +77,10 @@ def _is_transient(error: BaseException) -> bool:
     if not isinstance(error, psycopg.OperationalError):
         return False
     sqlstate = error.sqlstate or ""
-    return not sqlstate.startswith(_PERMANENT_SQLSTATE_CLASSES)
+    if sqlstate.startswith(_PERMANENT_SQLSTATE_CLASSES):
+        return False
+    message = str(error)
+    return not any(permanent in message for permanent in _PERMANENT_CONNECT_MESSAGES)
 
 
 def _retry_connect(
@@ -81,7 +92,7 @@ def _retry_connect(
     def connect(dialect: Any, _record: Any, cargs: Any, cparams: dict[str, Any]) -> Any:
         retrying = Retrying(
             stop=stop_after_attempt(attempts),
-            wait=wait_exponential(multiplier=0.2, max=max_wait) + wait_random(0, 0.2),
+            wait=wait_random_exponential(multiplier=0.2, max=max_wait),  # full jitter, capped
             retry=retry_if_exception(_is_transient),
             sleep=sleep,
         )

@@ -52,7 +52,7 @@ def _uuid_pk() -> Any:
 def _timestamp() -> Any:
     return Field(
         default=None,
-        sa_type=DateTime(timezone=True),  # type: ignore[call-overload]
+        sa_type=DateTime(timezone=True),
         sa_column_kwargs={"server_default": text("now()"), "nullable": False},
     )
 
@@ -62,7 +62,7 @@ def _owner() -> Any:
 
 
 class Task(OwnedModel, table=True):
-    __tablename__: ClassVar[str] = "task"  # type: ignore[misc]
+    __tablename__: ClassVar[str] = "task"
     __table_args__ = (
         CheckConstraint("char_length(title) between 1 and 200", name="title_length"),
         CheckConstraint("title ~ '\\S'", name="title_not_blank"),
@@ -81,7 +81,7 @@ class Task(OwnedModel, table=True):
 
 
 class Conversation(OwnedModel, table=True):
-    __tablename__: ClassVar[str] = "conversation"  # type: ignore[misc]
+    __tablename__: ClassVar[str] = "conversation"
     __table_args__ = (
         CheckConstraint(
             "title is null or (char_length(title) between 1 and 200 and title ~ '\\S')",
@@ -101,7 +101,7 @@ class Conversation(OwnedModel, table=True):
 
 
 class Message(OwnedModel, table=True):
-    __tablename__: ClassVar[str] = "message"  # type: ignore[misc]
+    __tablename__: ClassVar[str] = "message"
     __table_args__ = (
         # Composite: a message can only point into a conversation of its own user.
         ForeignKeyConstraint(

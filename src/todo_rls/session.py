@@ -1,9 +1,11 @@
 """Sessions whose every transaction is scoped to one user by a transaction-local app.user_id.
 
 The scope is set in SQLAlchemy's ``after_begin`` hook, so it covers the first transaction and
-every one after a commit or a rollback. psycopg's pipeline mode sends BEGIN, the optional
-``set_config('role', ...)`` and the scoping ``set_config('app.user_id', ..., true)`` in one round
-trip, which is the round trip the app's first query would have paid for BEGIN anyway.
+every one after a commit or a rollback. It goes out as one simple-query message,
+``BEGIN; [SELECT set_config('role', ...);] SELECT set_config('app.user_id', <literal>, true), ...``,
+which opens the transaction itself: psycopg sends its own BEGIN only on an idle connection, so
+it skips it, and scoping costs no round trip beyond the BEGIN the transaction pays anyway.
+Values are quoted by psycopg.sql.Literal, never by string formatting.
 """
 
 from collections.abc import AsyncIterator, Iterator
@@ -12,24 +14,26 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from sqlalchemy import Connection, Engine, event
+from psycopg import generators, pq, sql
+from sqlalchemy import Connection, Engine, event, orm
 from sqlalchemy.engine.interfaces import AdaptedConnection
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.orm import SessionTransaction
 from sqlmodel import Session
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from todo_rls.errors import InvalidUserIdError, UnsafeRoleError
+from todo_rls.errors import UnsafeRoleError
+from todo_rls.validation import validate_user_id
 
 APP_ROLE = "todo_app"
-USER_ID_MAX_LENGTH = 255
 _SCOPE_KEY = "todo_rls.scope"
 
-_SET_ROLE = "select pg_catalog.set_config('role', %s, true)"
+_SET_ROLE = sql.SQL("select pg_catalog.set_config('role', {role}, true)")
 # Sets the user for this transaction only, and reports whether RLS could be silently off for
-# the effective role: superuser, BYPASSRLS, or (a member of) the owner of an owned table.
-_SET_USER_AND_INSPECT_ROLE = """
-select pg_catalog.set_config('app.user_id', %s, true),
+# the effective role: superuser, BYPASSRLS, owner of a protected table, or a member of a role
+# that is any of these (one SET ROLE away).
+_SET_USER_AND_INSPECT_ROLE = sql.SQL("""
+select pg_catalog.set_config('app.user_id', {user_id}, true),
        r.rolname::text,
        r.rolsuper,
        r.rolbypassrls,
@@ -38,10 +42,15 @@ select pg_catalog.set_config('app.user_id', %s, true),
          where c.relnamespace = 'public'::regnamespace
            and c.relname in ('task', 'conversation', 'message')
            and pg_catalog.pg_has_role(r.oid, c.relowner, 'MEMBER')
+       ),
+       exists (
+         select from pg_catalog.pg_roles b
+         where (b.rolsuper or b.rolbypassrls) and b.oid <> r.oid
+           and pg_catalog.pg_has_role(r.oid, b.oid, 'MEMBER')
        )
 from pg_catalog.pg_roles r
 where r.rolname = current_user
-"""
+""")
 
 
 @dataclass(frozen=True)
@@ -52,22 +61,7 @@ class Scope:
     set_role: str | None = None
 
 
-def validate_user_id(user_id: object) -> str:
-    """Return user_id if it can name a user, else raise InvalidUserIdError saying why."""
-    if not isinstance(user_id, str):
-        raise InvalidUserIdError(f"user id must be a str, not {type(user_id).__name__}")
-    if not user_id.strip():
-        raise InvalidUserIdError("user id is empty or blank; pass the authenticated user's id")
-    if len(user_id) > USER_ID_MAX_LENGTH:
-        raise InvalidUserIdError(
-            f"user id is {len(user_id)} characters; at most {USER_ID_MAX_LENGTH} are allowed"
-        )
-    if any(ord(char) < 32 or ord(char) == 127 for char in user_id):
-        raise InvalidUserIdError("user id contains a control character (such as NUL)")
-    return user_id
-
-
-def current_user_id(session: Session) -> str:
+def current_user_id(session: orm.Session) -> str:
     """The user a scoped session acts for; raises if session was not made by this module."""
     scope = session.info.get(_SCOPE_KEY)
     if not isinstance(scope, Scope):
@@ -75,25 +69,30 @@ def current_user_id(session: Session) -> str:
     return scope.user_id
 
 
-def _check_role(row: tuple[Any, ...] | None, scope: Scope) -> None:
+def _check_role(row: list[bytes | None] | None, scope: Scope) -> None:
     if row is None:  # current_user has no pg_roles row: it was dropped under us
         raise UnsafeRoleError("the current database role no longer exists")
-    _, role, superuser, bypassrls, owns_tables = row
-    reason = (
-        "is a superuser"
-        if superuser
-        else "has BYPASSRLS"
-        if bypassrls
-        else "owns the protected tables"
-        if owns_tables
-        else None
+    role = (row[1] or b"").decode()
+    superuser, bypassrls, owns_tables, can_become_bypass = (value == b"t" for value in row[2:])
+    reason = next(
+        (
+            why
+            for flag, why in (
+                (superuser, "is a superuser"),
+                (bypassrls, "has BYPASSRLS"),
+                (owns_tables, "owns the protected tables"),
+                (can_become_bypass, "is a member of a superuser or BYPASSRLS role"),
+            )
+            if flag
+        ),
+        None,
     )
     if reason is not None:
         hint = (
-            f"connect as a login role that is a member of {APP_ROLE} "
+            f"connect as a login role that is only a member of {APP_ROLE} "
             f"(or pass set_role={APP_ROLE!r} to switch to it in each transaction)"
             if scope.set_role is None
-            else f"role {scope.set_role!r} must not be a superuser, BYPASSRLS or a table owner"
+            else f"set_role={scope.set_role!r} must name a role RLS binds, such as {APP_ROLE!r}"
         )
         raise UnsafeRoleError(
             f"refusing scoped work: role {role!r} {reason}, so row-level security "
@@ -101,20 +100,71 @@ def _check_role(row: tuple[Any, ...] | None, scope: Scope) -> None:
         )
 
 
+_ISOLATION_LEVELS = {
+    psycopg.IsolationLevel.READ_UNCOMMITTED: "isolation level read uncommitted",
+    psycopg.IsolationLevel.READ_COMMITTED: "isolation level read committed",
+    psycopg.IsolationLevel.REPEATABLE_READ: "isolation level repeatable read",
+    psycopg.IsolationLevel.SERIALIZABLE: "isolation level serializable",
+}
+
+
+def _begin(conn: psycopg.BaseConnection[Any]) -> sql.SQL:
+    """The BEGIN psycopg would have sent, with the connection's isolation and access mode."""
+    # SQLAlchemy's isolation_level, postgresql_readonly and postgresql_deferrable options are
+    # set on the psycopg connection; a bare BEGIN would silently drop them.
+    words = ["begin"]
+    if conn.isolation_level is not None:
+        words.append(_ISOLATION_LEVELS[psycopg.IsolationLevel(conn.isolation_level)])
+    if conn.read_only is not None:
+        words.append("read only" if conn.read_only else "read write")
+    if conn.deferrable is not None:
+        words.append("deferrable" if conn.deferrable else "not deferrable")
+    return sql.SQL(" ".join(words))
+
+
+def _scope_query(conn: psycopg.BaseConnection[Any], scope: Scope) -> bytes:
+    statements: list[sql.Composable] = []
+    if conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+        statements.append(_begin(conn))
+    if scope.set_role is not None:
+        statements.append(_SET_ROLE.format(role=sql.Literal(scope.set_role)))
+    statements.append(_SET_USER_AND_INSPECT_ROLE.format(user_id=sql.Literal(scope.user_id)))
+    return sql.SQL("; ").join(statements).as_bytes(conn)
+
+
+def _check_results(
+    results: list[pq.abc.PGresult], conn: psycopg.BaseConnection[Any], scope: Scope
+) -> None:
+    for result in results:
+        if result.status == pq.ExecStatus.FATAL_ERROR:
+            error = psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
+            if scope.set_role is not None and isinstance(
+                error, psycopg.errors.InsufficientPrivilege
+            ):
+                raise UnsafeRoleError(
+                    f"cannot switch to role {scope.set_role!r}: {error}; an administrator "
+                    f"must run: grant {scope.set_role} to {conn.info.user}"
+                ) from error
+            raise error
+    last = results[-1]
+    row = [last.get_value(0, column) for column in range(last.nfields)] if last.ntuples else None
+    _check_role(row, scope)
+
+
 def _scope_sync(conn: psycopg.Connection[Any], scope: Scope) -> None:
-    with conn.pipeline():
-        if scope.set_role is not None:
-            conn.execute(_SET_ROLE, (scope.set_role,))
-        cursor = conn.execute(_SET_USER_AND_INSPECT_ROLE, (scope.user_id,))
-    _check_role(cursor.fetchone(), scope)
+    query = _scope_query(conn, scope)
+    with conn.lock:
+        conn.pgconn.send_query(query)
+        results = conn.wait(generators.execute(conn.pgconn))
+    _check_results(results, conn, scope)
 
 
 async def _scope_async(conn: psycopg.AsyncConnection[Any], scope: Scope) -> None:
-    async with conn.pipeline():
-        if scope.set_role is not None:
-            await conn.execute(_SET_ROLE, (scope.set_role,))
-        cursor = await conn.execute(_SET_USER_AND_INSPECT_ROLE, (scope.user_id,))
-    _check_role(await cursor.fetchone(), scope)
+    query = _scope_query(conn, scope)
+    async with conn.lock:
+        conn.pgconn.send_query(query)
+        results = await conn.wait(generators.execute(conn.pgconn))
+    _check_results(results, conn, scope)
 
 
 class _ScopedSession(Session):
