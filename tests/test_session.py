@@ -1,0 +1,496 @@
+"""scoped_session: every transaction is bound to one user, and nothing outlives it."""
+
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import psycopg
+import pytest
+import sqlalchemy
+from psycopg import sql
+from sqlalchemy import Engine, event, text
+from sqlalchemy.exc import DBAPIError
+from sqlmodel import Session, select
+
+import todo_rls
+from todo_rls import EngineSettings, InvalidUserIdError, Task, UnsafeRoleError, scoped_session
+from todo_rls.session import current_user_id
+
+from fix_db import BYPASS_LOGIN, LOGIN_PASSWORD, new_user_id
+from fix_server import PgServer
+
+PROBE = text(
+    "select current_user::text as role, row_security_active('public.task') as rls, "
+    "current_setting('app.user_id', true) as user_id, pg_backend_pid() as pid"
+)
+
+
+class Probe(NamedTuple):
+    """What the server says about the transaction a session is in."""
+
+    role: str
+    rls: bool
+    user_id: str | None
+    pid: int
+
+
+def probe(session: Session) -> Probe:
+    """Role, RLS state, app.user_id and backend pid, inside session's current transaction."""
+    row = session.connection().execute(PROBE).one()
+    return Probe(row.role, row.rls, row.user_id, row.pid)
+
+
+def visible_titles(session: Session) -> set[str]:
+    return set(session.exec(select(Task.title)).all())
+
+
+def add_tasks(engine: Engine, user_id: str, *titles: str) -> None:
+    """Create titles as user_id's tasks, through user_id's own scoped session."""
+    with scoped_session(engine, user_id) as session:
+        session.add_all(Task(user_id=user_id, title=title) for title in titles)
+        session.commit()
+
+
+def assert_scoped_to(session: Session, user_id: str, titles: set[str]) -> Probe:
+    """The session's transaction runs as the app role, with RLS on, for user_id only."""
+    state = probe(session)
+    assert state.role == "todo_rls_test_app"
+    assert state.rls is True
+    assert state.user_id == user_id
+    assert visible_titles(session) == titles
+    return state
+
+
+def assert_unscoped(session: Session) -> Probe:
+    """A plain Session on a reused connection: RLS on, no user, so no rows."""
+    state = probe(session)
+    assert state.role == "todo_rls_test_app"
+    assert state.rls is True
+    assert state.user_id in ("", None)
+    assert visible_titles(session) == set()
+    return state
+
+
+ALICE_TITLES = {"alice: buy milk", "alice: call mom"}
+BOB_TITLES = {"bob: fix bike"}
+
+
+@pytest.fixture
+def seeded(app_engine: Engine, alice: str, bob: str) -> None:
+    """alice and bob each own tasks, created through their own scoped sessions."""
+    add_tasks(app_engine, alice, *ALICE_TITLES)
+    add_tasks(app_engine, bob, *BOB_TITLES)
+
+
+@pytest.fixture
+def one_connection_engine(app_url: str) -> Iterator[Engine]:
+    """The library's engine with a single pooled connection, so every session reuses it."""
+    engine = todo_rls.create_engine(app_url, EngineSettings(pool_size=1, max_overflow=0))
+    yield engine
+    engine.dispose()
+
+
+def url_as(pg_server: PgServer, dbname: str, user: str | None = None) -> str:
+    """URL of this test's database as user (default: the superuser)."""
+    password = LOGIN_PASSWORD if user else None
+    return pg_server.url(dbname, user=user, password=password).render_as_string(hide_password=False)
+
+
+# --- inside a scoped session ---------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("seeded")
+def test_scoped_session_runs_as_app_role_with_rls_and_user(app_engine: Engine, alice: str) -> None:
+    with scoped_session(app_engine, alice) as session:
+        assert_scoped_to(session, alice, ALICE_TITLES)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_first_transaction_sees_only_own_rows(app_engine: Engine, alice: str, bob: str) -> None:
+    with scoped_session(app_engine, alice) as session:
+        assert_scoped_to(session, alice, ALICE_TITLES)
+    with scoped_session(app_engine, bob) as session:
+        assert_scoped_to(session, bob, BOB_TITLES)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_transaction_after_commit_is_scoped(app_engine: Engine, alice: str) -> None:
+    with scoped_session(app_engine, alice) as session:
+        assert_scoped_to(session, alice, ALICE_TITLES)
+        session.commit()
+        assert_scoped_to(session, alice, ALICE_TITLES)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_transaction_after_rollback_is_scoped(app_engine: Engine, alice: str) -> None:
+    with scoped_session(app_engine, alice) as session:
+        assert_scoped_to(session, alice, ALICE_TITLES)
+        session.rollback()
+        assert_scoped_to(session, alice, ALICE_TITLES)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_transaction_after_database_error_is_scoped(app_engine: Engine, alice: str) -> None:
+    with scoped_session(app_engine, alice) as session:
+        assert_scoped_to(session, alice, ALICE_TITLES)
+        with pytest.raises(DBAPIError, match="division by zero"):
+            session.connection().execute(text("select 1 / 0"))
+        session.rollback()
+        assert_scoped_to(session, alice, ALICE_TITLES)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_transaction_after_exception_in_begin_block_is_scoped(
+    app_engine: Engine, alice: str
+) -> None:
+    with scoped_session(app_engine, alice) as session:
+        with pytest.raises(RuntimeError, match="boom"), session.begin():
+            assert_scoped_to(session, alice, ALICE_TITLES)
+            session.add(Task(user_id=alice, title="alice: rolled back"))
+            session.flush()
+            raise RuntimeError("boom")
+        assert_scoped_to(session, alice, ALICE_TITLES)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_every_transaction_of_a_long_session_is_scoped(app_engine: Engine, alice: str) -> None:
+    with scoped_session(app_engine, alice) as session:
+        titles = set(ALICE_TITLES)
+        for round_number in range(4):
+            assert_scoped_to(session, alice, titles)
+            title = f"alice: round {round_number}"
+            session.add(Task(user_id=alice, title=title))
+            session.commit()
+            titles.add(title)
+        assert_scoped_to(session, alice, titles)
+
+
+# --- nothing outlives the transaction ------------------------------------------------------
+
+
+@pytest.mark.usefixtures("seeded")
+def test_pooled_connection_carries_nothing_between_users(
+    one_connection_engine: Engine, alice: str, bob: str
+) -> None:
+    engine = one_connection_engine
+    # Each scoped session commits, as a request does: a rollback would hide a session-level SET.
+    with scoped_session(engine, alice) as session:
+        pid = assert_scoped_to(session, alice, ALICE_TITLES).pid
+        session.commit()
+    with scoped_session(engine, bob) as session:
+        assert assert_scoped_to(session, bob, BOB_TITLES).pid == pid
+        session.commit()
+    with Session(engine) as session:
+        assert assert_unscoped(session).pid == pid
+    with scoped_session(engine, alice) as session:
+        assert assert_scoped_to(session, alice, ALICE_TITLES).pid == pid
+        session.commit()
+    with Session(engine) as session:
+        assert assert_unscoped(session).pid == pid
+
+
+@pytest.mark.usefixtures("seeded")
+def test_rolled_back_scope_does_not_leak_to_next_session(
+    one_connection_engine: Engine, alice: str, bob: str
+) -> None:
+    engine = one_connection_engine
+    with scoped_session(engine, alice) as session:
+        pid = assert_scoped_to(session, alice, ALICE_TITLES).pid
+        session.rollback()
+    with Session(engine) as session:
+        assert assert_unscoped(session).pid == pid
+    with scoped_session(engine, bob) as session:
+        assert assert_scoped_to(session, bob, BOB_TITLES).pid == pid
+
+
+@pytest.mark.usefixtures("seeded")
+def test_scope_of_failed_transaction_does_not_leak_to_next_session(
+    one_connection_engine: Engine, alice: str, bob: str
+) -> None:
+    engine = one_connection_engine
+    with (
+        pytest.raises(DBAPIError, match="division by zero"),
+        scoped_session(engine, alice) as session,
+    ):
+        pid = assert_scoped_to(session, alice, ALICE_TITLES).pid
+        session.connection().execute(text("select 1 / 0"))
+    with Session(engine) as session:
+        assert assert_unscoped(session).pid == pid
+    with scoped_session(engine, bob) as session:
+        assert assert_scoped_to(session, bob, BOB_TITLES).pid == pid
+
+
+@pytest.mark.usefixtures("seeded")
+def test_scope_is_transaction_local_not_session_level(
+    one_connection_engine: Engine, alice: str
+) -> None:
+    engine = one_connection_engine
+    with scoped_session(engine, alice) as session:
+        pid = assert_scoped_to(session, alice, ALICE_TITLES).pid
+        session.commit()
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        assert conn.connection.dbapi_connection is not None
+        assert conn.connection.dbapi_connection.autocommit is True
+        row = conn.execute(PROBE).one()
+        assert row.pid == pid
+        assert row.user_id in ("", None)
+        assert conn.exec_driver_sql("show app.user_id").scalar_one() == ""
+
+
+# --- transaction options ------------------------------------------------------------------
+
+TRANSACTION_OPTIONS = text(
+    "select current_setting('transaction_isolation') as isolation, "
+    "current_setting('transaction_read_only') as read_only"
+)
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ({"isolation_level": "SERIALIZABLE"}, ("serializable", "off")),
+        ({"isolation_level": "REPEATABLE READ"}, ("repeatable read", "off")),
+        ({"postgresql_readonly": True}, ("read committed", "on")),
+    ],
+)
+def test_scoped_transaction_keeps_the_requested_transaction_options(
+    app_engine: Engine, alice: str, options: dict[str, Any], expected: tuple[str, str]
+) -> None:
+    # The scope opens the transaction itself, so it must send the BEGIN psycopg would have.
+    engine = app_engine.execution_options(**options)
+    with Session(engine) as session:  # control: the options work without scoping
+        assert tuple(session.connection().execute(TRANSACTION_OPTIONS).one()) == expected
+    with scoped_session(engine, alice) as session:
+        assert tuple(session.connection().execute(TRANSACTION_OPTIONS).one()) == expected
+        assert probe(session).user_id == alice
+        session.commit()
+        assert tuple(session.connection().execute(TRANSACTION_OPTIONS).one()) == expected
+
+
+# --- savepoints ----------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("seeded")
+def test_rolled_back_savepoint_keeps_the_scope(app_engine: Engine, alice: str) -> None:
+    with scoped_session(app_engine, alice) as session:
+        assert_scoped_to(session, alice, ALICE_TITLES)
+        savepoint = session.begin_nested()
+        session.add(Task(user_id=alice, title="alice: in savepoint"))
+        session.flush()
+        assert_scoped_to(session, alice, ALICE_TITLES | {"alice: in savepoint"})
+        savepoint.rollback()
+        assert_scoped_to(session, alice, ALICE_TITLES)
+
+
+@pytest.mark.usefixtures("seeded")
+def test_savepoint_as_first_statement_keeps_the_scope(app_engine: Engine, alice: str) -> None:
+    with scoped_session(app_engine, alice) as session:
+        savepoint = session.begin_nested()
+        assert_scoped_to(session, alice, ALICE_TITLES)
+        savepoint.rollback()
+        assert_scoped_to(session, alice, ALICE_TITLES)
+        with session.begin_nested():
+            session.add(Task(user_id=alice, title="alice: released"))
+        assert_scoped_to(session, alice, ALICE_TITLES | {"alice: released"})
+
+
+# --- user id validation --------------------------------------------------------------------
+
+
+@pytest.fixture
+def checkouts(app_engine: Engine) -> list[object]:
+    """Every connection checkout of app_engine from now on."""
+    seen: list[object] = []
+    event.listen(app_engine, "checkout", lambda *args: seen.append(args))
+    return seen
+
+
+@pytest.mark.parametrize(
+    ("bad_id", "message"),
+    [
+        ("", "empty or blank"),
+        ("   ", "empty or blank"),
+        ("\t\n", "empty or blank"),
+        ("a" * 256, "256 characters; at most 255"),
+        ("alice\x00", "control character"),
+        ("ali\nce", "control character"),
+        ("alice\x1b", "control character"),
+        ("alice\x7f", "control character"),
+        (None, "must be a str, not NoneType"),
+        (42, "must be a str, not int"),
+        (b"alice", "must be a str, not bytes"),
+    ],
+)
+def test_invalid_user_id_is_refused_before_any_database_work(
+    app_engine: Engine, checkouts: list[object], bad_id: Any, message: str
+) -> None:
+    with pytest.raises(InvalidUserIdError, match=message), scoped_session(app_engine, bad_id):
+        pytest.fail("a session was opened for an invalid user id")
+    assert checkouts == []
+
+
+def test_longest_allowed_user_id_is_accepted(app_engine: Engine, alice: str) -> None:
+    add_tasks(app_engine, alice, *ALICE_TITLES)
+    with scoped_session(app_engine, alice) as session:
+        assert_scoped_to(session, alice, ALICE_TITLES)
+    with scoped_session(app_engine, "a" * 255) as session:
+        assert_scoped_to(session, "a" * 255, set())
+
+
+@pytest.mark.parametrize("opaque_id", ["x' or '1'='1", "'); drop table task; --"])
+def test_sql_like_user_id_is_an_opaque_id_that_sees_nothing(
+    app_engine: Engine, alice: str, opaque_id: str
+) -> None:
+    add_tasks(app_engine, alice, *ALICE_TITLES)
+    with scoped_session(app_engine, alice) as session:
+        assert_scoped_to(session, alice, ALICE_TITLES)
+    with scoped_session(app_engine, opaque_id) as session:
+        assert_scoped_to(session, opaque_id, set())
+        session.commit()
+    with scoped_session(app_engine, alice) as session:  # the table and alice's rows are intact
+        assert_scoped_to(session, alice, ALICE_TITLES)
+
+
+# --- roles RLS would not bind --------------------------------------------------------------
+
+
+def assert_refused_without_reading_or_writing(engine: Engine, user_id: str, message: str) -> None:
+    """Both a write and a read through engine raise UnsafeRoleError before touching a row."""
+    with scoped_session(engine, user_id) as session:
+        session.add(Task(user_id=user_id, title="written by an unsafe role"))
+        with pytest.raises(UnsafeRoleError, match=message):
+            session.commit()
+    with scoped_session(engine, user_id) as session, pytest.raises(UnsafeRoleError, match=message):
+        session.exec(select(Task)).all()
+
+
+def test_bypassrls_role_is_refused_and_nothing_is_read_or_written(
+    app_engine: Engine, pg_server: PgServer, dbname: str, alice: str
+) -> None:
+    add_tasks(app_engine, alice, *ALICE_TITLES)
+    with scoped_session(app_engine, alice) as session:
+        assert_scoped_to(session, alice, ALICE_TITLES)
+    engine = todo_rls.create_engine(url_as(pg_server, dbname, BYPASS_LOGIN))
+    try:
+        assert_refused_without_reading_or_writing(engine, alice, r"has BYPASSRLS.*todo_app")
+    finally:
+        engine.dispose()
+    with scoped_session(app_engine, alice) as session:
+        assert_scoped_to(session, alice, ALICE_TITLES)
+
+
+def test_superuser_is_refused_and_nothing_is_read_or_written(
+    app_engine: Engine, pg_server: PgServer, dbname: str, alice: str
+) -> None:
+    add_tasks(app_engine, alice, *ALICE_TITLES)
+    engine = todo_rls.create_engine(url_as(pg_server, dbname))
+    try:
+        assert_refused_without_reading_or_writing(engine, alice, "is a superuser")
+    finally:
+        engine.dispose()
+    with scoped_session(app_engine, alice) as session:
+        assert_scoped_to(session, alice, ALICE_TITLES)
+
+
+@pytest.fixture
+def table_owner(pg_server: PgServer, admin: psycopg.Connection[Any], dbname: str) -> Iterator[str]:
+    """A login role of this test that owns task, conversation and message; dropped after."""
+    role = f"todo_rls_test_owner_{new_user_id().lower()}"
+    ident = sql.Identifier(role)
+    admin.execute(
+        sql.SQL("create role {} login password {}").format(ident, sql.Literal(LOGIN_PASSWORD))
+    )
+    try:
+        for table in ("task", "conversation", "message"):
+            admin.execute(
+                sql.SQL("alter table {} owner to {}").format(sql.Identifier(table), ident)
+            )
+        yield role
+    finally:
+        # Roles are cluster-wide: give back what it owns here, then drop it.
+        admin.execute(
+            sql.SQL("reassign owned by {} to {}").format(ident, sql.Identifier(pg_server.user))
+        )
+        admin.execute(sql.SQL("drop owned by {}").format(ident))
+        admin.execute(sql.SQL("drop role {}").format(ident))
+
+
+def test_table_owner_is_refused_and_nothing_is_read_or_written(
+    app_engine: Engine, pg_server: PgServer, dbname: str, alice: str, table_owner: str
+) -> None:
+    add_tasks(app_engine, alice, *ALICE_TITLES)
+    engine = todo_rls.create_engine(url_as(pg_server, dbname, table_owner))
+    try:
+        assert_refused_without_reading_or_writing(engine, alice, "owns the protected tables")
+    finally:
+        engine.dispose()
+    with scoped_session(app_engine, alice) as session:
+        assert_scoped_to(session, alice, ALICE_TITLES)
+
+
+# --- set_role ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def superuser_engine(pg_server: PgServer, dbname: str) -> Iterator[Engine]:
+    """The library's engine logged in as the superuser, on one connection."""
+    engine = todo_rls.create_engine(
+        url_as(pg_server, dbname), EngineSettings(pool_size=1, max_overflow=0)
+    )
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.usefixtures("seeded")
+def test_set_role_switches_to_app_role_for_each_transaction(
+    superuser_engine: Engine, pg_server: PgServer, alice: str
+) -> None:
+    with scoped_session(superuser_engine, alice, set_role="todo_app") as session:
+        for _ in range(2):  # the first transaction and the one after commit
+            state = probe(session)
+            assert (state.role, state.rls, state.user_id) == ("todo_app", True, alice)
+            assert visible_titles(session) == ALICE_TITLES
+            session.commit()
+    with superuser_engine.connect() as conn:  # the switch ended with the transaction
+        assert conn.execute(PROBE).one().role == pg_server.user
+
+
+def test_set_role_to_a_bypassrls_role_is_refused(superuser_engine: Engine, alice: str) -> None:
+    with (
+        scoped_session(superuser_engine, alice, set_role=BYPASS_LOGIN) as session,
+        pytest.raises(UnsafeRoleError, match=rf"{BYPASS_LOGIN}' has BYPASSRLS"),
+    ):
+        session.exec(select(Task)).all()
+
+
+@pytest.mark.parametrize("bad_role", ["", 7, b"todo_app"])
+def test_set_role_must_be_a_role_name(app_engine: Engine, alice: str, bad_role: Any) -> None:
+    with (
+        pytest.raises(ValueError, match="set_role must be a role name"),
+        scoped_session(app_engine, alice, set_role=bad_role),
+    ):
+        pytest.fail("a session was opened with an invalid set_role")
+
+
+# --- helpers and drivers -------------------------------------------------------------------
+
+
+def test_current_user_id_names_the_scoped_user(app_engine: Engine, alice: str) -> None:
+    with scoped_session(app_engine, alice) as session:
+        assert current_user_id(session) == alice
+
+
+def test_current_user_id_of_a_plain_session_is_a_type_error(app_engine: Engine) -> None:
+    with Session(app_engine) as session, pytest.raises(TypeError, match="not scoped"):
+        current_user_id(session)
+
+
+def test_scoped_session_needs_the_psycopg_driver() -> None:
+    engine = sqlalchemy.create_engine("sqlite://")
+    try:
+        with (
+            scoped_session(engine, new_user_id()) as session,
+            pytest.raises(TypeError, match="psycopg"),
+        ):
+            session.connection().execute(text("select 1"))
+    finally:
+        engine.dispose()
