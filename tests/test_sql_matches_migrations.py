@@ -1,0 +1,130 @@
+"""sql/ builds exactly the schema the migrations build, and the models match that schema."""
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, pool
+
+from todo_rls.models import metadata
+
+from catalog import Snapshot, scratch_database, snapshot
+from fix_db import BETTER_AUTH_USER_DDL
+from fix_server import PgServer
+
+SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+
+
+def include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """As in migrations/env.py: Better Auth's "user" table is not ours to compare."""
+    return not (type_ == "table" and name == "user")
+
+
+def take_snapshot(server: PgServer, dbname: str) -> Snapshot:
+    """The catalog snapshot of dbname, read as the superuser."""
+    with server.connect(dbname) as conn:
+        return snapshot(conn)
+
+
+@pytest.fixture
+def sql_database(pg_server: PgServer) -> Iterator[str]:
+    """A fresh database with Better Auth's "user" table and sql/*.sql applied in name order."""
+    files = sorted(SQL_DIR.glob("*.sql"))
+    assert files, f"no SQL files in {SQL_DIR}"
+    with scratch_database(pg_server) as name:
+        with pg_server.connect(name) as conn:
+            conn.execute(BETTER_AUTH_USER_DDL)
+            for path in files:
+                # No parameters: psycopg sends the file as one simple query, all statements.
+                conn.execute(path.read_text())
+        yield name
+
+
+@pytest.fixture
+def migrated_snapshot(pg_server: PgServer, dbname: str) -> Snapshot:
+    """The snapshot of this test's copy of the migrated database."""
+    return take_snapshot(pg_server, dbname)
+
+
+def test_sql_folder_builds_the_schema_the_migrations_build(
+    pg_server: PgServer, sql_database: str, migrated_snapshot: Snapshot
+) -> None:
+    from_sql = take_snapshot(pg_server, sql_database)
+    # Guard against an empty-vs-empty pass: the migrated schema has our tables and policies.
+    assert {row[0] for row in migrated_snapshot["relations"]} == {"task", "conversation", "message"}
+    assert len(migrated_snapshot["policies"]) == 12
+    assert from_sql == migrated_snapshot
+
+
+# Each change breaks one protection; the snapshot must notice it under the named topic.
+SCHEMA_CHANGES = {
+    "drop a policy": ("drop policy task_delete on public.task", "policies"),
+    "widen a policy": ("alter policy task_select on public.task using (true)", "policies"),
+    "drop force": ("alter table public.message no force row level security", "relations"),
+    "grant truncate": ("grant truncate on public.task to todo_app", "table_grants"),
+    "drop a constraint": (
+        "alter table public.message drop constraint ck_message_role_known",
+        "constraints",
+    ),
+    "drop an index": ("drop index public.ix_task_user_id_created_at_id", "indexes"),
+    "change a default": (
+        "alter table public.task alter column completed set default true",
+        "columns",
+    ),
+    "drop a trigger": ("drop trigger task_set_updated_at on public.task", "triggers"),
+    "grant execute": (
+        "grant execute on function public.todo_rls_set_updated_at() to public",
+        "functions",
+    ),
+    "revoke schema usage": ("revoke usage on schema public from todo_app", "schema_grants"),
+}
+
+
+@pytest.mark.parametrize(("change", "topic"), SCHEMA_CHANGES.values(), ids=SCHEMA_CHANGES.keys())
+def test_snapshot_comparison_detects_a_schema_change(
+    pg_server: PgServer, sql_database: str, migrated_snapshot: Snapshot, change: str, topic: str
+) -> None:
+    assert take_snapshot(pg_server, sql_database) == migrated_snapshot  # positive control
+    with pg_server.connect(sql_database, autocommit=True) as conn:
+        conn.execute(change)
+    changed = take_snapshot(pg_server, sql_database)
+    assert changed[topic] != migrated_snapshot[topic]
+    assert {key for key in changed if changed[key] != migrated_snapshot[key]} == {topic}
+
+
+def autogenerate_diff(pg_server: PgServer, dbname: str) -> list[Any]:
+    """What `alembic revision --autogenerate` would emit for the models against dbname."""
+    engine = create_engine(pg_server.url(dbname), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            context = MigrationContext.configure(
+                connection,
+                opts={
+                    "compare_type": True,
+                    "compare_server_default": True,
+                    "include_object": include_object,
+                    "target_metadata": metadata,
+                },
+            )
+            diff: list[Any] = compare_metadata(context, metadata)
+            return diff
+    finally:
+        engine.dispose()
+
+
+def test_models_match_the_migrated_schema(pg_server: PgServer, dbname: str) -> None:
+    assert autogenerate_diff(pg_server, dbname) == []
+
+
+def test_models_comparison_detects_a_missing_index(
+    pg_server: PgServer, dbname: str, admin: psycopg.Connection[Any]
+) -> None:
+    admin.execute("drop index public.ix_task_user_id_created_at_id")
+    diff = autogenerate_diff(pg_server, dbname)
+    assert [(op[0], op[1].name) for op in diff] == [("add_index", "ix_task_user_id_created_at_id")]
