@@ -1,0 +1,160 @@
+"""The session user's AI chat: conversations and their messages.
+
+Same contract as todo_rls.tasks: a scoped session first, flush and never commit, an explicit
+user_id filter on top of row-level security, and another user's row reported as missing.
+"""
+
+import uuid
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from sqlmodel import col
+
+from todo_rls.errors import InvalidInputError, NotFoundError
+from todo_rls.models import MESSAGE_ROLES, Conversation, Message
+from todo_rls.pagination import Page, fetch_page
+from todo_rls.session import current_user_id
+from todo_rls.validation import check_text, check_title, parse_id
+
+
+def _check_conversation_title(value: object) -> str | None:
+    return None if value is None else check_title(value, "conversation title")
+
+
+def _owned(session: Session, conversation_id: uuid.UUID) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        col(Conversation.id) == conversation_id,
+        col(Conversation.user_id) == current_user_id(session),
+    )
+
+
+def _not_found(conversation_id: uuid.UUID) -> NotFoundError:
+    # The same words for a missing conversation and another user's.
+    return NotFoundError(f"conversation {conversation_id} not found")
+
+
+def _update_one(
+    session: Session, conversation_id: uuid.UUID, values: dict[str, Any]
+) -> Conversation:
+    statement = (
+        sa.update(Conversation)
+        .where(_owned(session, conversation_id))
+        .values(values)
+        .returning(Conversation)
+    )
+    # populate_existing: a Conversation already in the session gets the row as it now is.
+    result = session.scalars(statement, execution_options={"populate_existing": True})
+    conversation = result.one_or_none()
+    if conversation is None:
+        raise _not_found(conversation_id)
+    return conversation
+
+
+def create_conversation(session: Session, title: str | None = None) -> Conversation:
+    """Start a conversation for the session's user; the title is optional."""
+    conversation = Conversation(
+        user_id=current_user_id(session), title=_check_conversation_title(title)
+    )
+    session.add(conversation)
+    session.flush()
+    return conversation
+
+
+def get_conversation(session: Session, conversation_id: uuid.UUID | str) -> Conversation:
+    """The session user's conversation conversation_id, or NotFoundError."""
+    conversation_id = parse_id(conversation_id, "conversation")
+    statement = sa.select(Conversation).where(_owned(session, conversation_id))
+    conversation = session.scalars(statement).one_or_none()
+    if conversation is None:
+        raise _not_found(conversation_id)
+    return conversation
+
+
+def list_conversations(
+    session: Session, *, after: str | None = None, limit: int = 20
+) -> Page[Conversation]:
+    """A page of the user's conversations, most recently active (updated_at) first."""
+    statement = sa.select(Conversation).where(col(Conversation.user_id) == current_user_id(session))
+    return fetch_page(
+        session,
+        statement,
+        Conversation,
+        order_by="updated_at",
+        descending=True,
+        after=after,
+        limit=limit,
+    )
+
+
+def rename_conversation(
+    session: Session, conversation_id: uuid.UUID | str, title: str | None
+) -> Conversation:
+    """Set (or with None, clear) a conversation's title."""
+    values = {"title": _check_conversation_title(title)}
+    return _update_one(session, parse_id(conversation_id, "conversation"), values)
+
+
+def delete_conversation(session: Session, conversation_id: uuid.UUID | str) -> None:
+    """Delete a conversation; the database cascades the delete to its messages."""
+    conversation_id = parse_id(conversation_id, "conversation")
+    statement = (
+        sa.delete(Conversation)
+        .where(_owned(session, conversation_id))
+        .returning(col(Conversation.id))
+    )
+    if session.scalars(statement).one_or_none() is None:
+        raise _not_found(conversation_id)
+
+
+def add_message(
+    session: Session, conversation_id: uuid.UUID | str, role: str, content: str
+) -> Message:
+    """Append a message and mark the conversation active, in the caller's transaction."""
+    if role not in MESSAGE_ROLES:
+        raise InvalidInputError(f"message role must be one of {MESSAGE_ROLES}, not {role!r}")
+    content = check_text(content, "message content")
+    conversation_id = parse_id(conversation_id, "conversation")
+    # Bumping first proves the conversation is the caller's before anything is inserted.
+    _update_one(session, conversation_id, {"updated_at": sa.func.now()})
+    statement = (
+        sa.insert(Message)
+        .values(
+            user_id=current_user_id(session),
+            conversation_id=conversation_id,
+            role=role,
+            content=content,
+            # now() is the transaction's start, shared by every message the transaction
+            # adds; the clock keeps a prompt and its reply, saved together, in order.
+            created_at=sa.func.clock_timestamp(),
+        )
+        .returning(Message)
+    )
+    return session.scalars(statement).one()
+
+
+def list_messages(
+    session: Session,
+    conversation_id: uuid.UUID | str,
+    *,
+    after: str | None = None,
+    limit: int = 50,
+) -> Page[Message]:
+    """A page of a conversation's messages, oldest first; NotFoundError if it is not the user's."""
+    conversation_id = parse_id(conversation_id, "conversation")
+    statement = sa.select(Message).where(
+        col(Message.user_id) == current_user_id(session),
+        col(Message.conversation_id) == conversation_id,
+    )
+    page = fetch_page(
+        session,
+        statement,
+        Message,
+        order_by="created_at",
+        descending=False,
+        after=after,
+        limit=limit,
+    )
+    if not page.items:  # an empty page: is the conversation missing, or just empty?
+        get_conversation(session, conversation_id)
+    return page
