@@ -9,7 +9,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from fix_server import PgServer
 from psycopg import sql
 from pytest_postgresql import factories
 from sqlalchemy import Engine
@@ -17,6 +16,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import todo_rls
 from todo_rls import migrate
+
+from fix_server import PgServer
 
 # Better Auth 1.x's DDL for its users table, verbatim (see shared/RLS-FACTS.md).
 BETTER_AUTH_USER_DDL = """

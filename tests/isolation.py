@@ -20,7 +20,7 @@ from psycopg import sql
 from fix_db import APP_LOGIN, create_user
 
 Connect = Callable[..., psycopg.Connection[Any]]
-Statement = tuple[sql.Composable, dict[str, Any] | None]  # params None: a COPY
+Statement = tuple[sql.Composed | sql.SQL, dict[str, Any] | None]  # params None: a COPY
 TABLES = ("task", "conversation", "message")
 
 # Who attacks alice's rows: another user; a transaction that never set app.user_id; one that
@@ -180,7 +180,9 @@ class Probe:
         assert owner in reached, f"positive control: {self.control_actor} reached {reached}"
         reached = self.reached(connect, world, actor, self.attack(world, actor))
         foreign = reached - {world.user_id(actor)}
-        return f"{self.action} on {self.table} reached rows of {sorted(foreign)}" if foreign else None
+        return (
+            f"{self.action} on {self.table} reached rows of {sorted(foreign)}" if foreign else None
+        )
 
 
 def _fixed(template: str, table: str) -> Callable[[World, str], Statement]:
@@ -215,13 +217,19 @@ def _probes_for(table: str) -> list[Probe]:
         return statement
 
     touch = "update {table} set updated_at = updated_at"
+    by_id = " where id = %(id)s"
     return [
-        Probe(table, "select by id", _fixed("select user_id from {table} where id = %(id)s", table)),
+        Probe(table, "select by id", _fixed("select user_id from {table}" + by_id, table)),
         Probe(table, "select all", _fixed("select user_id from {table}", table)),
         Probe(table, "copy to", _fixed("copy (select user_id from {table}) to stdout", table)),
-        Probe(table, "update by id", _fixed(touch + " where id = %(id)s", table), writes=True),
+        Probe(table, "update by id", _fixed(touch + by_id, table), writes=True),
         Probe(table, "update without where", _fixed(touch, table), writes=True),
-        Probe(table, "delete by id", _fixed("delete from {table} where id = %(id)s", table), writes=True),
+        Probe(
+            table,
+            "delete by id",
+            _fixed("delete from {table}" + by_id, table),
+            writes=True,
+        ),
         Probe(table, "delete without where", _fixed("delete from {table}", table), writes=True),
         Probe(table, "insert claiming alice", insert_claiming_alice, writes=True),
         Probe(table, "upsert over alice's row", upsert_over_alice, writes=True),
@@ -249,5 +257,10 @@ def _message_into_alices_conversation(world: World, actor: str) -> Statement:
 
 
 PROBES = [probe for table in TABLES for probe in _probes_for(table)] + [
-    Probe("message", "insert into alice's conversation", _message_into_alices_conversation, writes=True)
+    Probe(
+        "message",
+        "insert into alice's conversation",
+        _message_into_alices_conversation,
+        writes=True,
+    )
 ]
