@@ -74,20 +74,17 @@ def _check_role(row: list[bytes | None] | None, scope: Scope) -> None:
         raise UnsafeRoleError("the current database role no longer exists")
     role = (row[1] or b"").decode()
     superuser, bypassrls, owns_tables, can_become_bypass = (value == b"t" for value in row[2:])
-    reason = next(
-        (
-            why
-            for flag, why in (
-                (superuser, "is a superuser"),
-                (bypassrls, "has BYPASSRLS"),
-                (owns_tables, "owns the protected tables"),
-                (can_become_bypass, "is a member of a superuser or BYPASSRLS role"),
-            )
-            if flag
-        ),
-        None,
-    )
-    if reason is not None:
+    reasons = [
+        why
+        for flag, why in (
+            (superuser, "is a superuser"),
+            (bypassrls, "has BYPASSRLS"),
+            (owns_tables, "owns the protected tables"),
+            (can_become_bypass, "is a member of a superuser or BYPASSRLS role"),
+        )
+        if flag
+    ]
+    if reasons:
         hint = (
             f"connect as a login role that is only a member of {APP_ROLE} "
             f"(or pass set_role={APP_ROLE!r} to switch to it in each transaction)"
@@ -95,7 +92,7 @@ def _check_role(row: list[bytes | None] | None, scope: Scope) -> None:
             else f"set_role={scope.set_role!r} must name a role RLS binds, such as {APP_ROLE!r}"
         )
         raise UnsafeRoleError(
-            f"refusing scoped work: role {role!r} {reason}, so row-level security "
+            f"refusing scoped work: role {role!r} {' and '.join(reasons)}, so row-level security "
             f"would not protect its queries; {hint}"
         )
 
