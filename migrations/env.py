@@ -6,20 +6,13 @@ from alembic import context
 from sqlalchemy import Connection, create_engine, pool, text
 
 from todo_rls.engine import database_url
-from todo_rls.models import metadata
+from todo_rls.models import include_object, metadata
 
 # A migration waits at most this long for a lock, so it never queues behind live traffic
 # (and never makes that traffic queue behind it) for long; rerun it when traffic is low.
 LOCK_TIMEOUT = os.environ.get("TODO_RLS_LOCK_TIMEOUT", "5s")
 
 config = context.config
-
-
-def include_object(
-    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
-) -> bool:
-    """Leave Better Auth's "user" table out of autogenerate: it is not ours."""
-    return not (type_ == "table" and name == "user")
 
 
 def run_migrations(connection: Connection | None) -> None:

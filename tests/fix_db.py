@@ -16,16 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 import todo_rls
 from todo_rls import migrate
+from todo_rls.demo import BETTER_AUTH_USER_DDL
 
 from fix_server import PgServer
-
-# Better Auth 1.x's DDL for its users table, verbatim (see shared/RLS-FACTS.md).
-BETTER_AUTH_USER_DDL = """
-create table "user" ("id" text not null primary key, "name" text not null,
-  "email" text not null unique, "emailVerified" boolean not null, "image" text,
-  "createdAt" timestamptz default CURRENT_TIMESTAMP not null,
-  "updatedAt" timestamptz default CURRENT_TIMESTAMP not null)
-"""
 
 # Cluster-wide login roles the tests connect as; created idempotently, never dropped.
 APP_LOGIN = "todo_rls_test_app"  # member of todo_app: what a deployment logs in as

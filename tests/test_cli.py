@@ -15,8 +15,9 @@ from psycopg import sql
 
 from todo_rls import demo, migrate
 from todo_rls.cli import main
+from todo_rls.demo import BETTER_AUTH_USER_DDL
 
-from fix_db import BETTER_AUTH_USER_DDL, create_user
+from fix_db import create_user
 from fix_server import PgServer
 
 DEMO_CLAIMS = (
@@ -77,10 +78,6 @@ def _demo_task_count(conn: psycopg.Connection[Any]) -> int:
         "select count(*) from task where user_id = any(%s)", ([demo.ALICE.id, demo.BOB.id],)
     ).fetchone()
     return int(row[0]) if row else -1
-
-
-def test_demo_and_test_fixtures_share_better_auth_ddl() -> None:
-    assert demo.BETTER_AUTH_USER_DDL == BETTER_AUTH_USER_DDL
 
 
 def test_migrate_applies_schema_with_forced_rls(

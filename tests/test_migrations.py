@@ -17,9 +17,10 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import select
 
 from todo_rls import MigrationPreconditionError, Task, migrate, scoped_session
+from todo_rls.demo import BETTER_AUTH_USER_DDL
 
 from catalog import query_one, scratch_database, snapshot
-from fix_db import APP_LOGIN, BETTER_AUTH_USER_DDL, create_user
+from fix_db import APP_LOGIN, create_user
 from fix_server import PgServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

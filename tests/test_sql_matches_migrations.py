@@ -10,20 +10,13 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, pool
 
-from todo_rls.models import metadata
+from todo_rls.demo import BETTER_AUTH_USER_DDL
+from todo_rls.models import include_object, metadata
 
 from catalog import Snapshot, scratch_database, snapshot
-from fix_db import BETTER_AUTH_USER_DDL
 from fix_server import PgServer
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
-
-
-def include_object(
-    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
-) -> bool:
-    """As in migrations/env.py: Better Auth's "user" table is not ours to compare."""
-    return not (type_ == "table" and name == "user")
 
 
 def take_snapshot(server: PgServer, dbname: str) -> Snapshot:

@@ -33,6 +33,14 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 # migrations/env.py excludes it from autogenerate, and nothing here creates it.
 user_table = Table("user", metadata, Column("id", Text, primary_key=True))
 
+
+def include_object(
+    obj: object, name: str | None, type_: str, reflected: bool, compare_to: object
+) -> bool:
+    """Alembic autogenerate filter: Better Auth's "user" table is not ours to compare."""
+    return not (type_ == "table" and name == "user")
+
+
 MESSAGE_ROLES = ("user", "assistant", "system", "tool")
 TITLE_MAX_LENGTH = 200
 
