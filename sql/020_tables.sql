@@ -71,3 +71,11 @@ create table public.message (
 -- Serves a conversation's messages in order (keyset on created_at, id) and both cascades.
 create index ix_message_user_id_conversation_id_created_at_id
   on public.message (user_id, conversation_id, created_at, id);
+
+-- The planner's statistics answer EXPLAIN's row estimates for any role that may query a table,
+-- policies or not, so a common value of another user's text could be read back through them.
+-- Free-text columns keep none; no query filters or sorts on them.
+alter table public.task alter column title set statistics 0,
+  alter column description set statistics 0;
+alter table public.conversation alter column title set statistics 0;
+alter table public.message alter column content set statistics 0;

@@ -42,7 +42,7 @@ _QUERIES: dict[str, str] = {
         select c.relname::text, a.attname::text,
                pg_catalog.format_type(a.atttypid, a.atttypmod), a.attnotnull,
                pg_catalog.pg_get_expr(d.adbin, d.adrelid), a.attidentity::text,
-               a.attgenerated::text
+               a.attgenerated::text, coalesce(a.attstattarget::int, -1)
         from pg_catalog.pg_class c
         join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attnum > 0
         left join pg_catalog.pg_attrdef d on d.adrelid = c.oid and d.adnum = a.attnum

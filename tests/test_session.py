@@ -494,3 +494,24 @@ def test_scoped_session_needs_the_psycopg_driver() -> None:
             session.connection().execute(text("select 1"))
     finally:
         engine.dispose()
+
+
+def test_temp_table_left_on_a_pooled_connection_cannot_catch_the_next_users_rows(
+    one_connection_engine: Engine, bob: str
+) -> None:
+    engine = one_connection_engine
+    # A hostile client leaves a temp table named like ours on the shared connection.
+    with engine.connect() as conn:
+        conn.exec_driver_sql("create temp table task (like public.task including defaults)")
+        conn.commit()
+        pid = conn.exec_driver_sql("select pg_backend_pid()").scalar()
+    with scoped_session(engine, bob) as session:
+        assert assert_scoped_to(session, bob, set()).pid == pid  # same connection, still scoped
+        session.add(Task(user_id=bob, title="bob private"))
+        session.commit()
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("select pg_backend_pid()").scalar() == pid
+        assert conn.exec_driver_sql("select count(*) from pg_temp.task").scalar() == 0
+    with scoped_session(engine, bob) as session:
+        rows = session.connection().exec_driver_sql("select title from public.task").all()
+        assert [row[0] for row in rows] == ["bob private"]

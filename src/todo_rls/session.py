@@ -2,7 +2,8 @@
 
 The scope is set in SQLAlchemy's ``after_begin`` hook, so it covers the first transaction and
 every one after a commit or a rollback. It goes out as one simple-query message,
-``BEGIN; [SELECT set_config('role', ...);] SELECT set_config('app.user_id', <literal>, true), ...``,
+``BEGIN; [SELECT set_config('role', ...);] SELECT set_config('search_path', ...); SELECT
+set_config('app.user_id', <literal>, true), ...``,
 which opens the transaction itself: psycopg sends its own BEGIN only on an idle connection, so
 it skips it, and scoping costs no round trip beyond the BEGIN the transaction pays anyway.
 Values are quoted by psycopg.sql.Literal, never by string formatting.
@@ -29,6 +30,13 @@ APP_ROLE = "todo_app"
 _SCOPE_KEY = "todo_rls.scope"
 
 _SET_ROLE = sql.SQL("select pg_catalog.set_config('role', {role}, true)")
+# pg_temp is searched first unless the path names it. Naming it last, for this transaction,
+# keeps a temp table called "task" (left on a pooled connection by a hostile client) from
+# shadowing public.task and catching the next user's rows.
+_TEMP_SCHEMA_LAST = sql.SQL("""
+select pg_catalog.set_config('search_path', pg_catalog.concat_ws(', ',
+         nullif(pg_catalog.current_setting('search_path'), ''), 'pg_temp'), true)
+""")
 # Sets the user for this transaction only, and reports whether RLS could be silently off for
 # the effective role: superuser, BYPASSRLS, owner of a protected table, or a member of a role
 # that is any of these (one SET ROLE away).
@@ -125,6 +133,7 @@ def _scope_query(conn: psycopg.BaseConnection[Any], scope: Scope) -> bytes:
         statements.append(_begin(conn))
     if scope.set_role is not None:
         statements.append(_SET_ROLE.format(role=sql.Literal(scope.set_role)))
+    statements.append(_TEMP_SCHEMA_LAST)
     statements.append(_SET_USER_AND_INSPECT_ROLE.format(user_id=sql.Literal(scope.user_id)))
     return sql.SQL("; ").join(statements).as_bytes(conn)
 
