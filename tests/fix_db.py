@@ -3,7 +3,7 @@
 import os
 import secrets
 import string
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -177,3 +177,56 @@ async def app_async_engine(app_url: str) -> AsyncIterator[AsyncEngine]:
     engine = todo_rls.create_async_engine(app_url)
     yield engine
     await engine.dispose()
+
+
+OWNED_TABLES = ("task", "conversation", "message")
+CreateRole = Callable[..., str]
+
+
+def url_as(pg_server: PgServer, dbname: str, user: str | None = None) -> str:
+    """URL of this test's database as user (default: the superuser)."""
+    password = LOGIN_PASSWORD if user else None
+    return pg_server.url(dbname, user=user, password=password).render_as_string(hide_password=False)
+
+
+@pytest.fixture
+def create_role(admin: psycopg.Connection[Any]) -> Iterator[CreateRole]:
+    """Create cluster-wide scratch roles with unique names; each is dropped after the test."""
+    created: list[str] = []
+
+    def create(kind: str, *attributes: str) -> str:
+        name = f"todo_rls_test_{kind}_{secrets.token_hex(6)}"
+        admin.execute(
+            sql.SQL("create role {} {} password {}").format(
+                sql.Identifier(name),
+                sql.SQL(" ").join(sql.SQL(a) for a in attributes),
+                sql.Literal(LOGIN_PASSWORD),
+            )
+        )
+        created.append(name)
+        return name
+
+    yield create
+    # Plain DROP ROLE, no DROP OWNED: if a role still owned a table, that must fail loudly.
+    for name in reversed(created):
+        admin.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def table_owner(admin: psycopg.Connection[Any], create_role: CreateRole) -> Iterator[str]:
+    """A login role of this test that owns the three tables (and is no member of todo_app)."""
+    owner = create_role("owner", "login")
+    rows = admin.execute(
+        "select relname::text, pg_get_userbyid(relowner)::text from pg_class"
+        " where relnamespace = 'public'::regnamespace and relname = any(%s)",
+        (list(OWNED_TABLES),),
+    ).fetchall()
+    original = {str(table): str(previous) for table, previous in rows}
+    alter = sql.SQL("alter table {} owner to {}")
+    try:
+        for table in OWNED_TABLES:
+            admin.execute(alter.format(sql.Identifier(table), sql.Identifier(owner)))
+        yield owner
+    finally:
+        for table in OWNED_TABLES:
+            admin.execute(alter.format(sql.Identifier(table), sql.Identifier(original[table])))

@@ -82,7 +82,10 @@ def build_world(admin: psycopg.Connection[Any]) -> World:
     return World(alice=alice, bob=bob, rows=rows)
 
 
-def _insert(table: str, values: dict[str, Any], *, upsert: bool = False) -> sql.Composed:
+def insert_statement(
+    table: str, values: dict[str, Any], *, upsert: bool = False, returning: str | None = None
+) -> sql.Composed:
+    """INSERT of values (as bind parameters) into table; upsert touches the row on conflict."""
     query = sql.SQL("insert into {} ({}) values ({})").format(
         sql.Identifier(table),
         sql.SQL(", ").join(map(sql.Identifier, values)),
@@ -90,11 +93,13 @@ def _insert(table: str, values: dict[str, Any], *, upsert: bool = False) -> sql.
     )
     if upsert:
         query += sql.SQL(" on conflict (id) do update set updated_at = excluded.updated_at")
+    if returning:
+        query += sql.SQL(" returning ") + sql.SQL(returning)
     return query
 
 
 def _insert_id(conn: psycopg.Connection[Any], table: str, values: dict[str, Any]) -> str:
-    row = conn.execute(_insert(table, values) + sql.SQL(" returning id::text"), values).fetchone()
+    row = conn.execute(insert_statement(table, values, returning="id::text"), values).fetchone()
     assert row is not None
     return str(row[0])
 
@@ -200,12 +205,12 @@ def _fixed(template: str, table: str) -> Callable[[World, str], Statement]:
 def _probes_for(table: str) -> list[Probe]:
     def insert_claiming_alice(world: World, _actor: str) -> Statement:
         values = _row_values(world, table, world.alice)
-        return _insert(table, values), values
+        return insert_statement(table, values), values
 
     def upsert_over_alice(world: World, actor: str) -> Statement:
         claimed = world.user_id(actor) or world.alice
         values = {"id": world.rows[table][world.alice]} | _row_values(world, table, claimed)
-        return _insert(table, values, upsert=True), values
+        return insert_statement(table, values, upsert=True), values
 
     def reown_own_rows(new_owner: str) -> Callable[[World], Statement]:
         # No WHERE: a WHERE would add the SELECT policy's check on the new row, and this
@@ -253,7 +258,7 @@ def _message_into_alices_conversation(world: World, actor: str) -> Statement:
         "role": "user",
         "content": "x",
     }
-    return _insert("message", values), values
+    return insert_statement("message", values), values
 
 
 PROBES = [probe for table in TABLES for probe in _probes_for(table)] + [

@@ -15,7 +15,7 @@ import todo_rls
 from todo_rls import EngineSettings, InvalidUserIdError, Task, UnsafeRoleError, scoped_session
 from todo_rls.session import current_user_id
 
-from fix_db import BYPASS_LOGIN, LOGIN_PASSWORD, new_user_id
+from fix_db import BYPASS_LOGIN, CreateRole, new_user_id, url_as
 from fix_server import PgServer
 
 PROBE = text(
@@ -87,12 +87,6 @@ def one_connection_engine(app_url: str) -> Iterator[Engine]:
     engine = todo_rls.create_engine(app_url, EngineSettings(pool_size=1, max_overflow=0))
     yield engine
     engine.dispose()
-
-
-def url_as(pg_server: PgServer, dbname: str, user: str | None = None) -> str:
-    """URL of this test's database as user (default: the superuser)."""
-    password = LOGIN_PASSWORD if user else None
-    return pg_server.url(dbname, user=user, password=password).render_as_string(hide_password=False)
 
 
 # --- inside a scoped session ---------------------------------------------------------------
@@ -391,29 +385,6 @@ def test_superuser_is_refused_and_nothing_is_read_or_written(
         assert_scoped_to(session, alice, ALICE_TITLES)
 
 
-@pytest.fixture
-def table_owner(pg_server: PgServer, admin: psycopg.Connection[Any], dbname: str) -> Iterator[str]:
-    """A login role of this test that owns task, conversation and message; dropped after."""
-    role = f"todo_rls_test_owner_{new_user_id().lower()}"
-    ident = sql.Identifier(role)
-    admin.execute(
-        sql.SQL("create role {} login password {}").format(ident, sql.Literal(LOGIN_PASSWORD))
-    )
-    try:
-        for table in ("task", "conversation", "message"):
-            admin.execute(
-                sql.SQL("alter table {} owner to {}").format(sql.Identifier(table), ident)
-            )
-        yield role
-    finally:
-        # Roles are cluster-wide: give back what it owns here, then drop it.
-        admin.execute(
-            sql.SQL("reassign owned by {} to {}").format(ident, sql.Identifier(pg_server.user))
-        )
-        admin.execute(sql.SQL("drop owned by {}").format(ident))
-        admin.execute(sql.SQL("drop role {}").format(ident))
-
-
 def test_table_owner_is_refused_and_nothing_is_read_or_written(
     app_engine: Engine, pg_server: PgServer, dbname: str, alice: str, table_owner: str
 ) -> None:
@@ -515,3 +486,50 @@ def test_temp_table_left_on_a_pooled_connection_cannot_catch_the_next_users_rows
     with scoped_session(engine, bob) as session:
         rows = session.connection().exec_driver_sql("select title from public.task").all()
         assert [row[0] for row in rows] == ["bob private"]
+
+
+@pytest.mark.parametrize("attribute", ["bypassrls", "superuser"])
+def test_member_of_a_bypassrls_or_superuser_role_is_refused(
+    attribute: str,
+    pg_server: PgServer,
+    dbname: str,
+    admin: psycopg.Connection[Any],
+    alice: str,
+    create_role: CreateRole,
+) -> None:
+    login = create_role("member", "login")
+    engine = todo_rls.create_engine(url_as(pg_server, dbname, login))
+    try:
+        with scoped_session(engine, alice) as session:  # positive control: accepted until then
+            assert session.connection().exec_driver_sql("select current_user").scalar() == login
+        # Like a Neon console role: no BYPASSRLS itself, one SET ROLE away from it.
+        bypassing = create_role(attribute, "nologin", attribute)
+        admin.execute(
+            sql.SQL("grant {} to {}").format(sql.Identifier(bypassing), sql.Identifier(login))
+        )
+        with (
+            scoped_session(engine, alice) as session,
+            pytest.raises(
+                UnsafeRoleError, match=f"'{login}' is a member of a superuser or BYPASSRLS role"
+            ),
+        ):
+            session.connection()
+    finally:
+        engine.dispose()
+
+
+def test_set_role_the_login_cannot_take_is_refused_naming_the_grant(
+    pg_server: PgServer, dbname: str, app_engine: Engine, alice: str, create_role: CreateRole
+) -> None:
+    with scoped_session(app_engine, alice, set_role="todo_app") as session:  # a member can
+        assert session.connection().exec_driver_sql("select current_user").scalar() == "todo_app"
+    login = create_role("outsider", "login")
+    engine = todo_rls.create_engine(url_as(pg_server, dbname, login))
+    try:
+        with (
+            scoped_session(engine, alice, set_role="todo_app") as session,
+            pytest.raises(UnsafeRoleError, match=f"must run: grant todo_app to {login}$"),
+        ):
+            session.connection()
+    finally:
+        engine.dispose()
