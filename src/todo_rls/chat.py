@@ -5,14 +5,14 @@ user_id filter on top of row-level security, and another user's row reported as 
 """
 
 import uuid
-from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from todo_rls.errors import InvalidInputError, NotFoundError
+from todo_rls.errors import InvalidInputError
 from todo_rls.models import MESSAGE_ROLES, Conversation, Message
+from todo_rls.owned_rows import delete_owned, get_owned, update_owned
 from todo_rls.pagination import Page, fetch_page
 from todo_rls.session import current_user_id
 from todo_rls.validation import check_text, check_title, parse_id
@@ -20,35 +20,6 @@ from todo_rls.validation import check_text, check_title, parse_id
 
 def _check_conversation_title(value: object) -> str | None:
     return None if value is None else check_title(value, "conversation title")
-
-
-def _owned(session: Session, conversation_id: uuid.UUID) -> sa.ColumnElement[bool]:
-    return sa.and_(
-        col(Conversation.id) == conversation_id,
-        col(Conversation.user_id) == current_user_id(session),
-    )
-
-
-def _not_found(conversation_id: uuid.UUID) -> NotFoundError:
-    # The same words for a missing conversation and another user's.
-    return NotFoundError(f"conversation {conversation_id} not found")
-
-
-def _update_one(
-    session: Session, conversation_id: uuid.UUID, values: dict[str, Any]
-) -> Conversation:
-    statement = (
-        sa.update(Conversation)
-        .where(_owned(session, conversation_id))
-        .values(values)
-        .returning(Conversation)
-    )
-    # populate_existing: a Conversation already in the session gets the row as it now is.
-    result = session.scalars(statement, execution_options={"populate_existing": True})
-    conversation = result.one_or_none()
-    if conversation is None:
-        raise _not_found(conversation_id)
-    return conversation
 
 
 def create_conversation(session: Session, title: str | None = None) -> Conversation:
@@ -63,12 +34,7 @@ def create_conversation(session: Session, title: str | None = None) -> Conversat
 
 def get_conversation(session: Session, conversation_id: uuid.UUID | str) -> Conversation:
     """The session user's conversation conversation_id, or NotFoundError."""
-    conversation_id = parse_id(conversation_id, "conversation")
-    statement = sa.select(Conversation).where(_owned(session, conversation_id))
-    conversation = session.scalars(statement).one_or_none()
-    if conversation is None:
-        raise _not_found(conversation_id)
-    return conversation
+    return get_owned(session, Conversation, parse_id(conversation_id, "conversation"))
 
 
 def list_conversations(
@@ -92,19 +58,12 @@ def rename_conversation(
 ) -> Conversation:
     """Set (or with None, clear) a conversation's title."""
     values = {"title": _check_conversation_title(title)}
-    return _update_one(session, parse_id(conversation_id, "conversation"), values)
+    return update_owned(session, Conversation, parse_id(conversation_id, "conversation"), values)
 
 
 def delete_conversation(session: Session, conversation_id: uuid.UUID | str) -> None:
     """Delete a conversation; the database cascades the delete to its messages."""
-    conversation_id = parse_id(conversation_id, "conversation")
-    statement = (
-        sa.delete(Conversation)
-        .where(_owned(session, conversation_id))
-        .returning(col(Conversation.id))
-    )
-    if session.scalars(statement).one_or_none() is None:
-        raise _not_found(conversation_id)
+    delete_owned(session, Conversation, parse_id(conversation_id, "conversation"))
 
 
 def add_message(
@@ -116,7 +75,7 @@ def add_message(
     content = check_text(content, "message content")
     conversation_id = parse_id(conversation_id, "conversation")
     # Bumping first proves the conversation is the caller's before anything is inserted.
-    _update_one(session, conversation_id, {"updated_at": sa.func.now()})
+    update_owned(session, Conversation, conversation_id, {"updated_at": sa.func.now()})
     statement = (
         sa.insert(Message)
         .values(

@@ -14,8 +14,9 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from sqlmodel import col
 
-from todo_rls.errors import InvalidInputError, NotFoundError
+from todo_rls.errors import InvalidInputError
 from todo_rls.models import Task
+from todo_rls.owned_rows import delete_owned, get_owned, update_owned
 from todo_rls.pagination import Page, fetch_page
 from todo_rls.session import current_user_id
 from todo_rls.validation import check_text, check_title, parse_id
@@ -40,25 +41,6 @@ def _check_completed(value: object) -> bool:
     return value
 
 
-def _owned(session: Session, task_id: uuid.UUID) -> sa.ColumnElement[bool]:
-    return sa.and_(col(Task.id) == task_id, col(Task.user_id) == current_user_id(session))
-
-
-def _not_found(task_id: uuid.UUID) -> NotFoundError:
-    # The same words for a missing task and another user's: the caller cannot tell them apart.
-    return NotFoundError(f"task {task_id} not found")
-
-
-def _update_one(session: Session, task_id: uuid.UUID, values: dict[str, Any]) -> Task:
-    statement = sa.update(Task).where(_owned(session, task_id)).values(values).returning(Task)
-    # populate_existing: a Task already in the session gets the row as it now is.
-    result = session.scalars(statement, execution_options={"populate_existing": True})
-    task = result.one_or_none()
-    if task is None:
-        raise _not_found(task_id)
-    return task
-
-
 def create(session: Session, title: str, description: str | None = None) -> Task:
     """Insert a task for the session's user; id and timestamps come back from the server."""
     task = Task(
@@ -73,11 +55,7 @@ def create(session: Session, title: str, description: str | None = None) -> Task
 
 def get(session: Session, task_id: uuid.UUID | str) -> Task:
     """The session user's task task_id, or NotFoundError."""
-    task_id = parse_id(task_id, "task")
-    task = session.scalars(sa.select(Task).where(_owned(session, task_id))).one_or_none()
-    if task is None:
-        raise _not_found(task_id)
-    return task
+    return get_owned(session, Task, parse_id(task_id, "task"))
 
 
 def list_page(
@@ -114,22 +92,19 @@ def update(
         values["completed"] = _check_completed(completed)
     if not values:
         return get(session, task_id)
-    return _update_one(session, parse_id(task_id, "task"), values)
+    return update_owned(session, Task, parse_id(task_id, "task"), values)
 
 
 def toggle(session: Session, task_id: uuid.UUID | str) -> Task:
     """Flip completed in a single UPDATE (no read-modify-write race) and return the task."""
-    return _update_one(
-        session, parse_id(task_id, "task"), {"completed": sa.not_(col(Task.completed))}
+    return update_owned(
+        session, Task, parse_id(task_id, "task"), {"completed": sa.not_(col(Task.completed))}
     )
 
 
 def delete(session: Session, task_id: uuid.UUID | str) -> None:
     """Delete the user's task task_id, or raise NotFoundError."""
-    task_id = parse_id(task_id, "task")
-    statement = sa.delete(Task).where(_owned(session, task_id)).returning(col(Task.id))
-    if session.scalars(statement).one_or_none() is None:
-        raise _not_found(task_id)
+    delete_owned(session, Task, parse_id(task_id, "task"))
 
 
 def count_open(session: Session) -> int:
