@@ -1,15 +1,8 @@
 """Catalog snapshots of what our schema defines, and scratch databases to build schemas in."""
 
-import os
-import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg import sql
-
-from fix_server import PgServer
 
 Snapshot = dict[str, list[tuple[Any, ...]]]
 
@@ -124,19 +117,3 @@ def query_one(conn: psycopg.Connection[Any], query: str, *params: object) -> Any
     row = conn.execute(query, params).fetchone()
     assert row is not None, query
     return row[0]
-
-
-@contextmanager
-def scratch_database(server: PgServer) -> Iterator[str]:
-    """Create an empty database with a unique name; drop it afterwards, even on failure."""
-    name = f"todo_rls_scratch_{os.getpid()}_{secrets.token_hex(4)}"
-    with server.connect("postgres", autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    try:
-        yield name
-    finally:
-        with server.connect("postgres", autocommit=True) as conn:
-            # force: a connection a failed test left open must not keep the database alive.
-            conn.execute(
-                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-            )

@@ -4,7 +4,6 @@ import os
 import secrets
 import string
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -139,27 +138,10 @@ def connect_app(pg_server: PgServer, dbname: str) -> Iterator[AppConnector]:
     connector.close_all()
 
 
-@contextmanager
-def cloned_database(server: PgServer, template: str, name: str) -> Iterator[str]:
-    """A copy of template for a whole module (probes that roll back can share one)."""
-    with server.connect("postgres", autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("create database {} template {}").format(
-                sql.Identifier(name), sql.Identifier(template)
-            )
-        )
-    try:
-        yield name
-    finally:
-        with server.connect("postgres", autocommit=True) as conn:
-            conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
-
-
 @pytest.fixture(scope="module")
 def module_dbname(pg_server: PgServer, migrated_server: Any) -> Iterator[str]:
     """A migrated database shared by one test module; its tests must not change it."""
-    name = f"{TEST_DBNAME}_module_{secrets.token_hex(4)}"
-    with cloned_database(pg_server, migrated_server.template_dbname, name):
+    with pg_server.scratch_database(template=migrated_server.template_dbname) as name:
         yield name
 
 

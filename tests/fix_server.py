@@ -6,11 +6,15 @@ machine with no PostgreSQL installed still runs everything.
 """
 
 import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import URL
 
@@ -42,6 +46,24 @@ class PgServer:
             database=dbname,
             query={"host": self.host} if socket else {},
         )
+
+    @contextmanager
+    def scratch_database(self, template: str | None = None) -> Iterator[str]:
+        """A uniquely named database (empty, or a copy of template), dropped afterwards."""
+        name = f"todo_rls_scratch_{os.getpid()}_{secrets.token_hex(4)}"
+        create = sql.SQL("create database {}").format(sql.Identifier(name))
+        if template is not None:
+            create += sql.SQL(" template {}").format(sql.Identifier(template))
+        with self.connect("postgres", autocommit=True) as conn:
+            conn.execute(create)
+        try:
+            yield name
+        finally:
+            with self.connect("postgres", autocommit=True) as conn:
+                # force: a connection a failed test left open must not keep the database alive.
+                conn.execute(
+                    sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+                )
 
     def connect(self, dbname: str, **kwargs: object) -> psycopg.Connection[tuple[object, ...]]:
         """A psycopg connection to dbname as the superuser."""

@@ -1,6 +1,5 @@
 """The todo-rls command line: migrate/downgrade exit codes and messages, and the demo's claims."""
 
-import secrets
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,6 @@ from typing import Any
 import psycopg
 import pytest
 from alembic.script import ScriptDirectory
-from psycopg import sql
 
 from todo_rls import demo, migrate
 from todo_rls.cli import main
@@ -37,12 +35,8 @@ DEMO_CLAIMS = (
 @pytest.fixture
 def fresh_db(pg_server: PgServer) -> Iterator[str]:
     """A new empty database (no "user" table, no migrations), dropped after the test."""
-    name = f"todo_rls_cli_{secrets.token_hex(6)}"
-    with pg_server.connect("postgres", autocommit=True) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    yield name
-    with pg_server.connect("postgres", autocommit=True) as conn:
-        conn.execute(sql.SQL("drop database {} with (force)").format(sql.Identifier(name)))
+    with pg_server.scratch_database() as name:
+        yield name
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from sqlmodel import select
 from todo_rls import MigrationPreconditionError, Task, migrate, scoped_session
 from todo_rls.demo import BETTER_AUTH_USER_DDL
 
-from catalog import query_one, scratch_database, snapshot
+from catalog import query_one, snapshot
 from fix_db import APP_LOGIN, create_user
 from fix_server import PgServer
 
@@ -84,7 +84,7 @@ def app_role_exists(conn: psycopg.Connection[Any]) -> bool:
 @pytest.fixture
 def empty_database(pg_server: PgServer) -> Iterator[str]:
     """A fresh empty database (no "user" table), dropped after the test."""
-    with scratch_database(pg_server) as name:
+    with pg_server.scratch_database() as name:
         yield name
 
 

@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, pool
 from todo_rls.demo import BETTER_AUTH_USER_DDL
 from todo_rls.models import include_object, metadata
 
-from catalog import Snapshot, scratch_database, snapshot
+from catalog import Snapshot, snapshot
 from fix_server import PgServer
 
 SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
@@ -30,7 +30,7 @@ def sql_database(pg_server: PgServer) -> Iterator[str]:
     """A fresh database with Better Auth's "user" table and sql/*.sql applied in name order."""
     files = sorted(SQL_DIR.glob("*.sql"))
     assert files, f"no SQL files in {SQL_DIR}"
-    with scratch_database(pg_server) as name:
+    with pg_server.scratch_database() as name:
         with pg_server.connect(name) as conn:
             conn.execute(BETTER_AUTH_USER_DDL)
             for path in files:
