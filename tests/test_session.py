@@ -1,5 +1,6 @@
 """scoped_session: every transaction is bound to one user, and nothing outlives it."""
 
+import time
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -13,6 +14,7 @@ from sqlmodel import Session, select
 
 import todo_rls
 from todo_rls import EngineSettings, InvalidUserIdError, Task, UnsafeRoleError, scoped_session
+from todo_rls import session as session_module
 from todo_rls.session import current_user_id
 
 from fix_db import BYPASS_LOGIN, CreateRole, new_user_id, url_as
@@ -489,13 +491,16 @@ def test_temp_table_left_on_a_pooled_connection_cannot_catch_the_next_users_rows
 
 
 @pytest.mark.parametrize("attribute", ["bypassrls", "superuser"])
+@pytest.mark.parametrize("connection", ["new connection", "pooled connection, check due"])
 def test_member_of_a_bypassrls_or_superuser_role_is_refused(
     attribute: str,
+    connection: str,
     pg_server: PgServer,
     dbname: str,
     admin: psycopg.Connection[Any],
     alice: str,
     create_role: CreateRole,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     login = create_role("member", "login")
     engine = todo_rls.create_engine(url_as(pg_server, dbname, login))
@@ -507,6 +512,11 @@ def test_member_of_a_bypassrls_or_superuser_role_is_refused(
         admin.execute(
             sql.SQL("grant {} to {}").format(sql.Identifier(bypassing), sql.Identifier(login))
         )
+        if connection == "new connection":
+            engine.dispose()
+        else:  # the pooled connection's last check is now ROLE_RECHECK_SECONDS old
+            later = time.monotonic() + session_module.ROLE_RECHECK_SECONDS
+            monkeypatch.setattr(session_module, "monotonic", lambda: later)
         with (
             scoped_session(engine, alice) as session,
             pytest.raises(
@@ -516,6 +526,31 @@ def test_member_of_a_bypassrls_or_superuser_role_is_refused(
             session.connection()
     finally:
         engine.dispose()
+
+
+def test_role_is_checked_on_a_connections_first_transaction_then_every_interval(
+    app_engine: Engine, alice: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[bytes] = []
+    real_query = session_module._scope_query
+
+    def spy(conn: Any, scope: Any, check_role: bool) -> bytes:
+        query = real_query(conn, scope, check_role)
+        sent.append(query)
+        return query
+
+    monkeypatch.setattr(session_module, "_scope_query", spy)
+    for _ in range(3):
+        with scoped_session(app_engine, alice) as session:
+            assert_scoped_to(session, alice, set())
+    later = time.monotonic() + session_module.ROLE_RECHECK_SECONDS
+    monkeypatch.setattr(session_module, "monotonic", lambda: later)
+    with scoped_session(app_engine, alice) as session:
+        assert_scoped_to(session, alice, set())
+
+    checked = [b"rolbypassrls" in query for query in sent]
+    assert checked == [True, False, False, True]
+    assert all(b"set_config('app.user_id'" in query for query in sent)
 
 
 def test_set_role_the_login_cannot_take_is_refused_naming_the_grant(

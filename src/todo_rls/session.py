@@ -7,11 +7,18 @@ set_config('app.user_id', <literal>, true), ...``,
 which opens the transaction itself: psycopg sends its own BEGIN only on an idle connection, so
 it skips it, and scoping costs no round trip beyond the BEGIN the transaction pays anyway.
 Values are quoted by psycopg.sql.Literal, never by string formatting.
+
+The role check (is RLS binding this role at all?) is a catalog query the server parses and
+plans every time; `todo-rls bench` measured it at most of the wrapper's cost. So a connection
+runs it on its first scoped transaction and again once ROLE_RECHECK_SECONDS have passed;
+between checks only set_config goes out. The verdict lives in the pool's per-connection info,
+which dies with the connection (invalidation, pool_recycle, dispose).
 """
 
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any
 
 import psycopg
@@ -28,6 +35,10 @@ from todo_rls.validation import validate_user_id
 
 APP_ROLE = "todo_app"
 _SCOPE_KEY = "todo_rls.scope"
+# How long a pooled connection trusts its last role check: an ALTER ROLE ... BYPASSRLS (or a
+# new table owner) made while the app runs is refused within this many seconds.
+ROLE_RECHECK_SECONDS = 60.0
+_ROLE_CHECKED_KEY = "todo_rls.role_checked_at"  # {set_role: monotonic()} per connection
 
 _SET_ROLE = sql.SQL("select pg_catalog.set_config('role', {role}, true)")
 # pg_temp is searched first unless the path names it. Naming it last, for this transaction,
@@ -40,6 +51,7 @@ select pg_catalog.set_config('search_path', pg_catalog.concat_ws(', ',
 # Sets the user for this transaction only, and reports whether RLS could be silently off for
 # the effective role: superuser, BYPASSRLS, owner of a protected table, or a member of a role
 # that is any of these (one SET ROLE away).
+_SET_USER = sql.SQL("select pg_catalog.set_config('app.user_id', {user_id}, true)")
 _SET_USER_AND_INSPECT_ROLE = sql.SQL("""
 select pg_catalog.set_config('app.user_id', {user_id}, true),
        r.rolname::text,
@@ -127,19 +139,23 @@ def _begin(conn: psycopg.BaseConnection[Any]) -> sql.SQL:
     return sql.SQL(" ".join(words))
 
 
-def _scope_query(conn: psycopg.BaseConnection[Any], scope: Scope) -> bytes:
+def _scope_query(conn: psycopg.BaseConnection[Any], scope: Scope, check_role: bool) -> bytes:
     statements: list[sql.Composable] = []
     if conn.pgconn.transaction_status == pq.TransactionStatus.IDLE:
         statements.append(_begin(conn))
     if scope.set_role is not None:
         statements.append(_SET_ROLE.format(role=sql.Literal(scope.set_role)))
     statements.append(_TEMP_SCHEMA_LAST)
-    statements.append(_SET_USER_AND_INSPECT_ROLE.format(user_id=sql.Literal(scope.user_id)))
+    set_user = _SET_USER_AND_INSPECT_ROLE if check_role else _SET_USER
+    statements.append(set_user.format(user_id=sql.Literal(scope.user_id)))
     return sql.SQL("; ").join(statements).as_bytes(conn)
 
 
 def _check_results(
-    results: list[pq.abc.PGresult], conn: psycopg.BaseConnection[Any], scope: Scope
+    results: list[pq.abc.PGresult],
+    conn: psycopg.BaseConnection[Any],
+    scope: Scope,
+    check_role: bool,
 ) -> None:
     for result in results:
         if result.status == pq.ExecStatus.FATAL_ERROR:
@@ -152,25 +168,37 @@ def _check_results(
                     f"must run: grant {scope.set_role} to {conn.info.user}"
                 ) from error
             raise error
+    if not check_role:
+        return
     last = results[-1]
     row = [last.get_value(0, column) for column in range(last.nfields)] if last.ntuples else None
     _check_role(row, scope)
 
 
-def _scope_sync(conn: psycopg.Connection[Any], scope: Scope) -> None:
-    query = _scope_query(conn, scope)
+def _scope_sync(conn: psycopg.Connection[Any], scope: Scope, check_role: bool) -> None:
+    query = _scope_query(conn, scope, check_role)
     with conn.lock:
         conn.pgconn.send_query(query)
         results = conn.wait(generators.execute(conn.pgconn))
-    _check_results(results, conn, scope)
+    _check_results(results, conn, scope, check_role)
 
 
-async def _scope_async(conn: psycopg.AsyncConnection[Any], scope: Scope) -> None:
-    query = _scope_query(conn, scope)
+async def _scope_async(conn: psycopg.AsyncConnection[Any], scope: Scope, check_role: bool) -> None:
+    query = _scope_query(conn, scope, check_role)
     async with conn.lock:
         conn.pgconn.send_query(query)
         results = await conn.wait(generators.execute(conn.pgconn))
-    _check_results(results, conn, scope)
+    _check_results(results, conn, scope, check_role)
+
+
+def _role_check_due(connection_info: dict[Any, Any], scope: Scope) -> bool:
+    checked_at: dict[str | None, float] = connection_info.get(_ROLE_CHECKED_KEY, {})
+    last = checked_at.get(scope.set_role)
+    return last is None or monotonic() - last >= ROLE_RECHECK_SECONDS
+
+
+def _role_checked(connection_info: dict[Any, Any], scope: Scope) -> None:
+    connection_info.setdefault(_ROLE_CHECKED_KEY, {})[scope.set_role] = monotonic()
 
 
 class _ScopedSession(Session):
@@ -182,16 +210,20 @@ def _scope_transaction(
     session: Session, _transaction: SessionTransaction, connection: Connection
 ) -> None:
     scope: Scope = session.info[_SCOPE_KEY]
-    dbapi_connection = connection.connection.dbapi_connection
+    pooled = connection.connection  # its .info lives exactly as long as the DBAPI connection
+    check_role = _role_check_due(pooled.info, scope)
+    dbapi_connection = pooled.dbapi_connection
     if isinstance(dbapi_connection, psycopg.Connection):
-        _scope_sync(dbapi_connection, scope)
+        _scope_sync(dbapi_connection, scope, check_role)
     elif isinstance(dbapi_connection, AdaptedConnection):  # the asyncio adapter
-        dbapi_connection.run_async(lambda raw: _scope_async(raw, scope))
+        dbapi_connection.run_async(lambda raw: _scope_async(raw, scope, check_role))
     else:
         raise TypeError(
             "todo_rls needs the psycopg 3 driver: use a postgresql+psycopg:// URL "
             "(todo_rls.create_engine does this for you)"
         )
+    if check_role:  # only a check that passed is remembered
+        _role_checked(pooled.info, scope)
 
 
 def _scope(user_id: object, set_role: str | None) -> Scope:
