@@ -1,7 +1,6 @@
 """Engines from DATABASE_URL: pool settings, pre-ping, connect retries, PgBouncer mode."""
 
 import asyncio
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from tenacity import (
 )
 
 from todo_rls.errors import DatabaseUnavailableError, DatabaseUrlError
+from todo_rls.settings import load_settings
 
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg_async"}
 
@@ -36,12 +36,14 @@ _PERMANENT_CONNECT_MESSAGES = (
     "password authentication failed",  # 28P01
     "no pg_hba.conf entry",  # 28000
     "permission denied for database",  # 42501: no CONNECT privilege
+    "SSL was required",  # sslmode=require (or verify-*) against a server without TLS
+    "channel binding required",  # channel_binding=require without SCRAM over TLS
 )
 
 
 def database_url(url: str | None = None) -> URL:
     """Parse url (default: $DATABASE_URL) into a psycopg 3 URL, or say what to fix."""
-    raw = url if url is not None else os.environ.get("DATABASE_URL")
+    raw = url if url is not None else load_settings().database_url
     if not raw:
         raise DatabaseUrlError(
             "DATABASE_URL is not set: export DATABASE_URL=postgresql://USER:PASSWORD@HOST/DBNAME"
@@ -128,6 +130,22 @@ class EngineSettings:
     connect_attempts: int = 5
     max_backoff: float = 5.0
 
+    @classmethod
+    def from_env(cls) -> "EngineSettings":
+        """The TODO_RLS_* environment variables (see todo_rls.settings), defaults elsewhere."""
+        env = load_settings()
+        return cls(
+            pgbouncer=env.pgbouncer_flag,
+            pool_size=env.pool_size,
+            max_overflow=env.max_overflow,
+            pool_timeout=env.pool_timeout,
+            pool_recycle=env.pool_recycle,
+            pre_ping=env.pre_ping,
+            connect_timeout=env.connect_timeout,
+            connect_attempts=env.connect_attempts,
+            max_backoff=env.max_backoff,
+        )
+
     def engine_options(self, url: URL) -> dict[str, Any]:
         """Keyword arguments for sqlalchemy's create_engine / create_async_engine."""
         return {
@@ -143,8 +161,12 @@ class EngineSettings:
 def create_engine(
     url: str | None = None, settings: EngineSettings | None = None, **kwargs: Any
 ) -> Engine:
-    """A sync engine for url (default $DATABASE_URL); kwargs go to sqlalchemy.create_engine."""
-    settings = settings or EngineSettings()
+    """A sync engine for url (default $DATABASE_URL); kwargs go to sqlalchemy.create_engine.
+
+    Without settings, pool and connection settings come from TODO_RLS_* variables
+    (EngineSettings.from_env); a settings object given here is used as it is.
+    """
+    settings = settings or EngineSettings.from_env()
     parsed = database_url(url)
     engine = sqlalchemy.create_engine(parsed, **(settings.engine_options(parsed) | kwargs))
     _retry_connect(engine, settings.connect_attempts, settings.max_backoff, sleep=time.sleep)
@@ -155,7 +177,7 @@ def create_async_engine(
     url: str | None = None, settings: EngineSettings | None = None, **kwargs: Any
 ) -> AsyncEngine:
     """The asyncio twin of create_engine; backoff sleeps without blocking the event loop."""
-    settings = settings or EngineSettings()
+    settings = settings or EngineSettings.from_env()
     parsed = database_url(url)
     engine = _create_async_engine(parsed, **(settings.engine_options(parsed) | kwargs))
     _retry_connect(
