@@ -1,0 +1,286 @@
+"""assert_owner_isolated: the isolation matrix for any table owned through a user_id column.
+
+The owner gets one row; another user gets none in that table, so any row an attacker's
+statement reaches is a row it does not own. Every statement runs as the application login role
+on a fresh connection, in a transaction that is rolled back, after its positive control (the
+owner's own statement does reach their row), so an empty table, a broken row factory or a
+never-bound user cannot make the matrix pass. Writes run without RETURNING: RETURNING would
+add the SELECT policy and hide a broken UPDATE, DELETE or INSERT policy.
+"""
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+
+from todo_rls.engine import database_url
+from todo_rls.testing.database import create_user
+
+RowSpec = Mapping[str, Any] | Callable[[str], Mapping[str, Any]]
+Kind = Literal["write", "count", "copy"]
+
+# Who attacks the owner's row. "reused": a connection whose earlier transaction was scoped to
+# the owner, as a pooled connection is when the next request arrives.
+ACTORS = {
+    "other": "another user",
+    "unset": "a transaction that never set app.user_id",
+    "empty": "a transaction with app.user_id = ''",
+    "reused": "an unscoped transaction on a connection the owner used before",
+}
+
+_ROLE_FACTS = """
+select current_user::text, r.rolsuper, r.rolbypassrls,
+       pg_catalog.pg_has_role(current_user, c.relowner, 'MEMBER'),
+       pg_catalog.row_security_active(c.oid)
+from pg_catalog.pg_roles r, pg_catalog.pg_class c
+where r.rolname = current_user and c.oid = pg_catalog.to_regclass(%s)
+"""
+_PRIMARY_KEY = """
+select a.attname::text
+from pg_catalog.pg_index i
+join pg_catalog.pg_attribute a on a.attrelid = i.indrelid and a.attnum = any(i.indkey)
+where i.indrelid = pg_catalog.to_regclass(%s) and i.indisprimary
+order by pg_catalog.array_position(i.indkey::int2[], a.attnum)
+"""
+_SCOPE = "select pg_catalog.set_config('app.user_id', %s, true)"
+
+
+@dataclass(frozen=True)
+class Leak:
+    """One statement that reached the owner's row for someone who is not the owner."""
+
+    table: str
+    command: str
+    actor: str
+    detail: str
+
+    def __str__(self) -> str:
+        who = ACTORS.get(self.actor, "the owner")
+        return f"{self.table}: {self.command} as {who} {self.detail}"
+
+
+@dataclass(frozen=True)
+class _Statement:
+    query: sql.Composed | sql.SQL
+    params: Mapping[str, Any]
+    # What "rows reached" is: the rowcount of a write, a count(*)'s value, or COPY's lines.
+    kind: "Kind" = "write"
+
+
+class _Matrix:
+    """The owner's row in table and the statements that probe it."""
+
+    def __init__(
+        self, admin: psycopg.Connection[Any], app_url: str, table: str, row: RowSpec, owner: str
+    ) -> None:
+        schema, _, name = table.rpartition(".")
+        self.table = table
+        self.relation = sql.Identifier(schema or "public", name)
+        self.regclass = self.relation.as_string(admin)
+        self.owner_name, self.owner_column = owner, sql.Identifier(owner)
+        self.conninfo = (
+            database_url(app_url).set(drivername="postgresql").render_as_string(hide_password=False)
+        )
+        self._row = row
+        self._check_catalog(admin)
+        # other owns nothing here, so anything an attacker's statement reaches is not its own;
+        # claimed owns nothing either and is who inserts claim to be (the owner's row may hold
+        # the only slot a user has, as in a table keyed by user_id).
+        self.owner, self.other, self.claimed = (create_user(admin) for _ in range(3))
+        self.key = self._insert_owners_row(admin)
+
+    def _check_catalog(self, admin: psycopg.Connection[Any]) -> None:
+        flags = admin.execute(
+            "select relrowsecurity, relforcerowsecurity from pg_catalog.pg_class"
+            " where oid = pg_catalog.to_regclass(%s)",
+            (self.regclass,),
+        ).fetchone()
+        assert flags is not None, f"{self.table}: no such table"
+        assert flags[0], (
+            f"{self.table}: row level security is not enabled"
+            f" (alter table {self.regclass} enable row level security)"
+        )
+        assert flags[1], (
+            f"{self.table}: row level security is not forced, so the table's owner bypasses it"
+            f" (alter table {self.regclass} force row level security)"
+        )
+
+    def values(self, owner: str) -> dict[str, Any]:
+        """Column values of a new row owned by owner."""
+        given = self._row(owner) if callable(self._row) else self._row
+        return {**given, self.owner_name: owner}
+
+    def _insert_owners_row(self, admin: psycopg.Connection[Any]) -> dict[str, Any]:
+        key_columns = [str(r[0]) for r in admin.execute(_PRIMARY_KEY, (self.regclass,))]
+        assert key_columns, f"{self.table}: has no primary key to address the owner's row by"
+        insert = self.insert(self.values(self.owner))
+        returning = sql.SQL(" returning ") + sql.SQL(", ").join(map(sql.Identifier, key_columns))
+        found = admin.execute(insert.query + returning, insert.params).fetchone()
+        assert found is not None
+        return dict(zip(key_columns, found, strict=True))
+
+    def insert(self, values: Mapping[str, Any]) -> _Statement:
+        query = sql.SQL("insert into {} ({}) values ({})").format(
+            self.relation,
+            sql.SQL(", ").join(map(sql.Identifier, values)),
+            sql.SQL(", ").join(sql.Placeholder(f"v{i}") for i in range(len(values))),
+        )
+        return _Statement(query, {f"v{i}": v for i, v in enumerate(values.values())})
+
+    def upsert(self, user: str) -> _Statement:
+        """INSERT of user's row with the owner's key; on conflict, hand the row to user."""
+        insert = self.insert({**self.values(user), **self.key})
+        conflict = sql.SQL(" on conflict ({}) do update set {} = excluded.{}").format(
+            sql.SQL(", ").join(map(sql.Identifier, self.key)), self.owner_column, self.owner_column
+        )
+        return _Statement(insert.query + conflict, insert.params)
+
+    def _by_key(self) -> sql.Composed:
+        return sql.SQL(" where ") + sql.SQL(" and ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(f"k{i}"))
+            for i, column in enumerate(self.key)
+        )
+
+    def statement(
+        self, template: str, by_key: bool, kind: Kind = "write", **params: Any
+    ) -> _Statement:
+        """template ({table}, {owner}) on the whole table, or on the owner's row by its key."""
+        query = sql.SQL(template).format(table=self.relation, owner=self.owner_column)
+        if by_key:
+            query += self._by_key()
+            params |= {f"k{i}": value for i, value in enumerate(self.key.values())}
+        if kind == "copy":
+            query = sql.SQL("copy ({}) to stdout").format(query)
+        return _Statement(query, params, kind)
+
+    def user_id(self, actor: str) -> str | None:
+        """The app.user_id actor's transaction carries; None: never set."""
+        ids = {"owner": self.owner, "claimed": self.claimed, "other": self.other, "empty": ""}
+        return ids.get(actor)
+
+    def _check_role(self, conn: psycopg.Connection[Any]) -> None:
+        facts = conn.execute(_ROLE_FACTS, (self.regclass,)).fetchone()
+        assert facts is not None, f"{self.table}: the app role cannot see the table"
+        role, superuser, bypassrls, owns, active = facts
+        assert not (superuser or bypassrls or owns), (
+            f"{self.table}: probes must run as the application role, which RLS binds;"
+            f" {role} is a superuser, has BYPASSRLS or owns the table"
+        )
+        assert active, f"{self.table}: row_security_active is false for role {role}"
+
+    def reached(self, actor: str, statement: _Statement) -> int | None:
+        """Rows statement reached as actor, in a rolled-back transaction; None if refused."""
+        with psycopg.connect(self.conninfo) as conn:
+            if actor == "reused":
+                with conn.transaction():
+                    conn.execute(_SCOPE, (self.owner,))
+            with conn.transaction(force_rollback=True):
+                self._check_role(conn)
+                user_id = self.user_id(actor)
+                if user_id is not None:
+                    conn.execute(_SCOPE, (user_id,))
+                try:
+                    with conn.transaction():  # a savepoint: a refusal is an answer, not an abort
+                        return _run(conn, statement)
+                except psycopg.errors.InsufficientPrivilege:
+                    return None
+
+
+def _run(conn: psycopg.Connection[Any], statement: _Statement) -> int:
+    if statement.kind == "copy":
+        with conn.cursor().copy(statement.query, statement.params or None) as copy:
+            return sum(bytes(block).count(b"\n") for block in copy)
+    cursor = conn.execute(statement.query, statement.params)
+    if statement.kind == "count":
+        counted = cursor.fetchone()
+        return int(counted[0]) if counted else 0
+    return cursor.rowcount
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """A command's statement for a user id; control_actor runs it first and must reach a row."""
+
+    make: Callable[[str], _Statement]
+    control_actor: str = "owner"
+
+
+def _probes(m: _Matrix) -> dict[str, _Probe]:
+    touch = "update {table} set {owner} = {owner}"
+    return {
+        "select by key": _Probe(
+            lambda _: m.statement("select count(*) from {table}", True, "count")
+        ),
+        "select all": _Probe(lambda _: m.statement("select count(*) from {table}", False, "count")),
+        "copy to": _Probe(lambda _: m.statement("select from {table}", False, "copy")),
+        "update by key": _Probe(lambda _: m.statement(touch, by_key=True)),
+        "update all": _Probe(lambda _: m.statement(touch, by_key=False)),
+        "delete by key": _Probe(lambda _: m.statement("delete from {table}", by_key=True)),
+        "delete all": _Probe(lambda _: m.statement("delete from {table}", by_key=False)),
+        # A row claiming a user who is not the actor; the control is that user inserting it.
+        "insert claiming someone else": _Probe(lambda _: m.insert(m.values(m.claimed)), "claimed"),
+        "upsert over the owner's row": _Probe(m.upsert),
+        # Takes every reachable row for the attacker. No WHERE: a WHERE would add the SELECT
+        # policy, and this must fail on the UPDATE policy alone.
+        "re-own to itself": _Probe(
+            lambda user: m.statement("update {table} set {owner} = %(to)s", False, to=user)
+        ),
+    }
+
+
+def find_leaks(
+    admin: psycopg.Connection[Any],
+    app_url: str,
+    table: str,
+    row: RowSpec,
+    *,
+    owner_column: str = "user_id",
+) -> list[Leak]:
+    """Run the matrix and return what leaked; AssertionError if a control or a check fails.
+
+    admin: an autocommit superuser connection to the database (it arranges the two users and
+    the owner's row, committed). app_url: the same database as the application login role.
+    row: the owner's row's columns (the owner column is filled in), or a callable that takes
+    the owner's user id and returns them (fresh keys, parent rows made through admin, ...).
+    """
+    m = _Matrix(admin, app_url, table, row, owner_column)
+    leaks = []
+    for command, probe in _probes(m).items():
+        for actor in ACTORS:
+            control_user = m.user_id(probe.control_actor)
+            assert control_user is not None
+            control = m.reached(probe.control_actor, probe.make(control_user))
+            assert control, (
+                f"{table}: positive control failed: {command} by the row's own user reached"
+                f" {'nothing (refused)' if control is None else '0 rows'}; the owner must reach"
+                " their own row, or the matrix proves nothing (check the row values and the"
+                " owner's policies)"
+            )
+            reached = m.reached(actor, probe.make(m.user_id(actor) or m.other))
+            if reached:
+                leaks.append(Leak(table, command, actor, f"reached {reached} row(s)"))
+    # The owner hands their row to another user: the UPDATE policy's WITH CHECK must refuse.
+    give_away = m.statement("update {table} set {owner} = %(to)s", by_key=False, to=m.other)
+    control = m.reached("owner", m.statement("update {table} set {owner} = {owner}", False))
+    assert control, f"{table}: positive control failed: the owner cannot update their row"
+    if m.reached("owner", give_away) is not None:
+        leaks.append(Leak(table, "re-own to another user", "owner", "was not refused"))
+    return leaks
+
+
+def assert_owner_isolated(
+    admin: psycopg.Connection[Any],
+    app_url: str,
+    table: str,
+    row: RowSpec,
+    *,
+    owner_column: str = "user_id",
+) -> None:
+    """AssertionError naming table, command and actor of every way past the owner's policies.
+
+    Arguments as find_leaks. Checks first that row level security is enabled and forced.
+    """
+    leaks = find_leaks(admin, app_url, table, row, owner_column=owner_column)
+    assert not leaks, f"{table} is not owner-isolated:\n" + "\n".join(f"  {x}" for x in leaks)

@@ -1,0 +1,330 @@
+"""todo_rls.testing: its fixtures work, and assert_owner_isolated passes on an isolated table
+and fails, naming table, command and actor, on every weakened copy of it."""
+
+import socket
+import textwrap
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import text
+
+from todo_rls.testing import LOGIN_ROLE, assert_owner_isolated
+
+from fix_server import PgServer
+
+pytest_plugins = ["pytester", "todo_rls.testing"]
+
+# An app's own owned table, protected as the core tables are: forced RLS, one policy per
+# command for todo_app, row privileges only.
+NOTE_DDL = """
+create table public.note (
+  id uuid primary key default gen_random_uuid(),
+  user_id text not null references public."user" (id) on delete cascade,
+  body text not null
+);
+alter table public.note enable row level security;
+alter table public.note force row level security;
+create policy note_select on public.note for select to todo_app
+  using (user_id = (select nullif(pg_catalog.current_setting('app.user_id', true), '')));
+create policy note_insert on public.note for insert to todo_app
+  with check (user_id = (select nullif(pg_catalog.current_setting('app.user_id', true), '')));
+create policy note_update on public.note for update to todo_app
+  using (user_id = (select nullif(pg_catalog.current_setting('app.user_id', true), '')))
+  with check (user_id = (select nullif(pg_catalog.current_setting('app.user_id', true), '')));
+create policy note_delete on public.note for delete to todo_app
+  using (user_id = (select nullif(pg_catalog.current_setting('app.user_id', true), '')));
+grant select, insert, update, delete on public.note to todo_app;
+"""
+NOTE = {"body": "a note"}
+OWNED_BY_SETTING = "user_id = coalesce(nullif(pg_catalog.current_setting('app.user_id', true), '')"
+
+
+@pytest.fixture
+def note(rls_admin: psycopg.Connection[Any]) -> str:
+    rls_admin.execute(NOTE_DDL)
+    return "note"
+
+
+def test_an_owned_table_defined_here_is_isolated(note: str, rls_assert_owner_isolated: Any) -> None:
+    rls_assert_owner_isolated(note, NOTE)
+
+
+# Each weakening, and lines the failure must contain (table: command as actor ...).
+WEAKENINGS = {
+    "select policy using (true)": (
+        "alter policy note_select on note using (true)",
+        [
+            "note: select by key as another user reached 1 row(s)",
+            "note: select all as a transaction that never set app.user_id reached 1 row(s)",
+            "note: copy to as a transaction with app.user_id = '' reached 1 row(s)",
+        ],
+    ),
+    "insert policy without a real check": (
+        "alter policy note_insert on note with check (true)",
+        ["note: insert claiming someone else as another user reached 1 row(s)"],
+    ),
+    "update policy without a real check": (
+        "alter policy note_update on note with check (true)",
+        ["note: re-own to another user as the owner was not refused"],
+    ),
+    "update policy using (true)": (
+        "alter policy note_update on note using (true)",
+        ["note: re-own to itself as another user reached 1 row(s)"],
+    ),
+    # ON CONFLICT DO UPDATE reads the existing row through the SELECT policy as well.
+    "select and update policies using (true)": (
+        "alter policy note_select on note using (true);"
+        " alter policy note_update on note using (true)",
+        ["note: upsert over the owner's row as another user reached 1 row(s)"],
+    ),
+    "delete policy using (true)": (
+        "alter policy note_delete on note using (true)",
+        ["note: delete all as another user reached 1 row(s)"],
+    ),
+    "fail-open when app.user_id is unset": (
+        f"alter policy note_select on note using ({OWNED_BY_SETTING}, user_id))",
+        [
+            "note: select all as a transaction that never set app.user_id",
+            "note: select all as a transaction with app.user_id = ''",
+            "note: select all as an unscoped transaction on a connection the owner used before",
+        ],
+    ),
+    "extra permissive policy for public": (
+        "create policy note_debug on note for select using (true)",
+        ["note: select all as another user"],
+    ),
+    "row level security not forced": (
+        "alter table note no force row level security",
+        ["note: row level security is not forced"],
+    ),
+    "row level security disabled": (
+        "alter table note disable row level security",
+        ["note: row level security is not enabled"],
+    ),
+}
+
+
+@pytest.mark.parametrize("weakening", WEAKENINGS)
+def test_a_weakened_copy_fails_naming_table_command_and_actor(
+    weakening: str, note: str, rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    statement, expected = WEAKENINGS[weakening]
+    rls_admin.execute(statement)
+    with pytest.raises(AssertionError) as failed:
+        rls_assert_owner_isolated(note, NOTE)
+    missing = [line for line in expected if line not in str(failed.value)]
+    assert not missing, f"not reported: {missing}\n{failed.value}"
+
+
+def test_a_policy_that_hides_the_owners_row_fails_its_positive_control(
+    note: str, rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    # Nobody sees anything: every attack would "pass", so the control must catch it.
+    rls_admin.execute("alter policy note_select on note using (false)")
+    with pytest.raises(
+        AssertionError,
+        match="note: positive control failed: select by key by the row's own user reached 0 rows",
+    ):
+        rls_assert_owner_isolated(note, NOTE)
+
+
+def test_probes_as_a_superuser_are_refused(
+    note: str, rls_admin: psycopg.Connection[Any], rls_server: Any, rls_database: str
+) -> None:
+    superuser_url = rls_server.url(rls_database).render_as_string(hide_password=False)
+    with pytest.raises(AssertionError, match="must run as the application role"):
+        assert_owner_isolated(rls_admin, superuser_url, note, NOTE)
+
+
+def test_a_table_without_primary_key_is_named(
+    rls_admin: psycopg.Connection[Any], rls_app_url: str
+) -> None:
+    rls_admin.execute(NOTE_DDL + "alter table note drop constraint note_pkey;")
+    with pytest.raises(AssertionError, match="note: has no primary key"):
+        assert_owner_isolated(rls_admin, rls_app_url, "note", NOTE)
+
+
+# --- the project's own tables ------------------------------------------------------------
+
+
+def test_task_is_owner_isolated(rls_assert_owner_isolated: Any) -> None:
+    rls_assert_owner_isolated("task", {"title": "a task"})
+
+
+def test_conversation_is_owner_isolated(rls_assert_owner_isolated: Any) -> None:
+    rls_assert_owner_isolated("conversation", {"title": "a chat"})
+
+
+def test_message_is_owner_isolated(
+    rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    def message_of(owner: str) -> dict[str, Any]:
+        # A fresh conversation of the owner's for each row, made as the superuser.
+        conversation = uuid.uuid4()
+        rls_admin.execute(
+            "insert into conversation (id, user_id, title) values (%s, %s, 'chat')",
+            (conversation, owner),
+        )
+        return {"conversation_id": conversation, "role": "user", "content": "hi"}
+
+    rls_assert_owner_isolated("message", message_of)
+
+
+# --- the other fixtures ------------------------------------------------------------------
+
+
+def test_sessions_run_as_the_login_role_and_see_only_their_user(
+    rls_create_user: Any, rls_session_as: Any
+) -> None:
+    alice, bob = rls_create_user(), rls_create_user()
+    with rls_session_as(alice) as session:
+        session.execute(text("insert into task (user_id, title) values (:u, 'hers')"), {"u": alice})
+        session.commit()
+    with rls_session_as(alice) as session:
+        facts = session.execute(text("select current_user::text, count(*) from task")).one()
+        assert tuple(facts) == (LOGIN_ROLE, 1)
+    with rls_session_as(bob) as session:
+        assert session.execute(text("select count(*) from task")).scalar_one() == 0
+
+
+def test_session_as_with_set_role_switches_to_todo_app(
+    rls_create_user: Any, rls_session_as: Any
+) -> None:
+    with rls_session_as(rls_create_user(), set_role="todo_app") as session:
+        assert session.execute(text("select current_user::text")).scalar_one() == "todo_app"
+
+
+# --- a downstream project, end to end (pytester) -----------------------------------------
+
+DOWNSTREAM_ENV = '''
+"""A downstream app's Alembic env: its own version table, on top of todo-rls's schema."""
+from alembic import context
+
+def run() -> None:
+    context.configure(
+        connection=context.config.attributes["connection"], version_table="app_alembic_version"
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+run()
+'''
+DOWNSTREAM_REVISION = f'''
+"""note: the app's own owned table."""
+from alembic import op
+
+revision = "a1"
+down_revision = None
+
+def upgrade() -> None:
+    op.execute("""{NOTE_DDL}""")
+    op.execute("create table leaky_note (like note including all)")
+    op.execute("alter table leaky_note enable row level security")
+    op.execute("alter table leaky_note force row level security")
+    op.execute("create policy leaky_note_all on leaky_note to todo_app using (true)")
+    op.execute("grant select, insert, update, delete on leaky_note to todo_app")
+'''
+DOWNSTREAM_TESTS = """
+from sqlalchemy import text
+
+def test_note_is_isolated(rls_assert_owner_isolated):
+    rls_assert_owner_isolated("note", {"body": "hi"})
+
+def test_leaky_note_is_isolated(rls_assert_owner_isolated):
+    rls_assert_owner_isolated("leaky_note", {"body": "hi"})
+
+def test_a_user_writes_a_note(rls_create_user, rls_session_as):
+    alice = rls_create_user()
+    with rls_session_as(alice) as session:
+        session.execute(text("insert into note (user_id, body) values (:u, 'x')"), {"u": alice})
+        assert session.execute(text("select count(*) from note")).scalar_one() == 1
+"""
+
+
+def test_a_downstream_project_tests_its_own_migrations(
+    pytester: pytest.Pytester, pg_server: PgServer
+) -> None:
+    pytester.makefile(
+        ".ini",
+        alembic=textwrap.dedent("""
+            [alembic]
+            script_location = %(here)s/migrations
+        """),
+    )
+    pytester.mkpydir("migrations")
+    (pytester.path / "migrations" / "env.py").write_text(DOWNSTREAM_ENV)
+    versions = pytester.mkdir(pytester.path / "migrations" / "versions")
+    (versions / "a1_note.py").write_text(DOWNSTREAM_REVISION)
+    pytester.makepyfile(test_app=DOWNSTREAM_TESTS)
+    server_url = pg_server.url("postgres").render_as_string(hide_password=False)
+
+    result = pytester.runpytest_inprocess(
+        "-p",
+        "todo_rls.testing",
+        f"--rls-server-url={server_url}",
+        "--rls-alembic-ini=alembic.ini",
+        # The outer run imported todo_rls.testing already, so pytest cannot rewrite it again.
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
+        "-p",
+        "no:asyncio",
+    )
+
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*AssertionError: leaky_note is not owner-isolated:",
+            "*leaky_note: select all as another user reached 1 row(s)",
+            "FAILED test_app.py::test_leaky_note_is_isolated*",
+        ]
+    )
+    assert "AssertionError: note" not in result.stdout.str()
+
+
+SHOW_SERVER = """
+def test_server(rls_server):
+    print("SERVER", rls_server.host, rls_server.port, rls_server.user)
+"""
+
+
+def free_port() -> int:
+    """A local TCP port where nothing listens (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_the_server_option_wins_over_the_environment_and_pytest_postgresql(
+    pytester: pytest.Pytester, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if pg_server.host.startswith("/"):
+        pytest.skip("the check uses TCP ports; the embedded server listens on a socket")
+    pytester.makepyfile(test_show=SHOW_SERVER)
+    good = f"postgresql://{pg_server.user}@{pg_server.host}:{pg_server.port}/postgres"
+    bad = f"postgresql://{pg_server.user}@127.0.0.1:{free_port()}/postgres"
+    flags = ["-p", "todo_rls.testing", "-p", "no:asyncio", "-s"]
+    flags += ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
+
+    # The environment beats pytest-postgresql's options (here a port where nothing listens).
+    monkeypatch.setenv("TODO_RLS_TEST_SERVER_URL", good)
+    result = pytester.runpytest_inprocess(*flags, f"--postgresql-port={free_port()}")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines([f"*SERVER {pg_server.host} {pg_server.port} {pg_server.user}"])
+
+    # --rls-server-url beats the environment; a server that does not answer stops the run.
+    result = pytester.runpytest_inprocess(*flags, f"--rls-server-url={bad}")
+    assert result.ret == 3
+    result.stdout.fnmatch_lines(
+        ["*todo_rls.testing: no PostgreSQL at 127.0.0.1:*--rls-server-url*"]
+    )
+
+    # Without either, pytest-postgresql's options name the server.
+    monkeypatch.delenv("TODO_RLS_TEST_SERVER_URL")
+    port = free_port()
+    result = pytester.runpytest_inprocess(
+        *flags, "--postgresql-host=127.0.0.1", f"--postgresql-port={port}"
+    )
+    assert result.ret == 3
+    result.stdout.fnmatch_lines([f"*todo_rls.testing: no PostgreSQL at 127.0.0.1:{port} as *"])
