@@ -161,7 +161,7 @@ async def app_async_engine(app_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-OWNED_TABLES = ("task", "conversation", "message")
+OWNED_TABLES = ("task", "conversation", "message", "user_preference")
 CreateRole = Callable[..., str]
 
 

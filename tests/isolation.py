@@ -21,7 +21,22 @@ from fix_db import APP_LOGIN, create_user
 
 Connect = Callable[..., psycopg.Connection[Any]]
 Statement = tuple[sql.Composed | sql.SQL, dict[str, Any] | None]  # params None: a COPY
-TABLES = ("task", "conversation", "message")
+TABLES = ("task", "conversation", "message")  # keyed by a random id
+# Every owned table; user_preference is keyed by its owner's id (one row per user).
+OWNED_TABLES = (*TABLES, "user_preference")
+KEYS = {"user_preference": "user_id"}
+
+
+def key_of(table: str) -> str:
+    """The column that identifies a row of table."""
+    return KEYS.get(table, "id")
+
+
+def claimed_victim(table: str) -> str:
+    """Whose row an insert or re-own attack creates: alice, or (where one row per user would
+    collide with hers and hide a broken policy behind 23505) carol, who owns no rows."""
+    return "carol" if table in KEYS else "alice"
+
 
 # Who attacks alice's rows: another user; a transaction that never set app.user_id; one that
 # set it to ''; one on a connection whose earlier transaction set it (it now reads '').
@@ -41,12 +56,14 @@ REFUSALS = (psycopg.errors.InsufficientPrivilege, psycopg.errors.IntegrityError)
 # message also belongs to its conversation's owner), visible to the probe's own transaction.
 AUDIT_FUNCTION = """
 create schema probe_audit;
-create function probe_audit.all_rows() returns table (id uuid, owners text[], state text)
+create function probe_audit.all_rows() returns table (id text, owners text[], state text)
 language sql stable security definer set search_path = '' as $$
-  select t.id, array[t.user_id], t::text from public.task t
-  union all select c.id, array[c.user_id], c::text from public.conversation c
-  union all select m.id, array[m.user_id, c.user_id], m::text
+  select t.id::text, array[t.user_id], t::text from public.task t
+  union all select c.id::text, array[c.user_id], c::text from public.conversation c
+  union all select m.id::text, array[m.user_id, c.user_id], m::text
     from public.message m left join public.conversation c on c.id = m.conversation_id
+  union all select 'user_preference:' || p.user_id, array[p.user_id], p::text
+    from public.user_preference p
 $$;
 grant usage on schema probe_audit to public;
 """
@@ -54,22 +71,25 @@ grant usage on schema probe_audit to public;
 
 @dataclass(frozen=True)
 class World:
-    """alice and bob, each owning one task, one conversation and one message in it."""
+    """alice and bob, each owning one task, one conversation with a message, and preferences;
+    carol, who owns nothing."""
 
     alice: str
     bob: str
-    rows: dict[str, dict[str, str]]  # table -> owner's user id -> row id
+    carol: str
+    rows: dict[str, dict[str, str]]  # table -> owner's user id -> row key (see key_of)
 
     def user_id(self, actor: str) -> str | None:
         """The app.user_id an actor's transaction carries (None: never set)."""
-        return {"alice": self.alice, "bob": self.bob, "other": self.bob, "empty": ""}.get(actor)
+        actors = {"alice": self.alice, "bob": self.bob, "carol": self.carol, "other": self.bob}
+        return (actors | {"empty": ""}).get(actor)
 
 
 def build_world(admin: psycopg.Connection[Any]) -> World:
     """Arrange rows and the audit function as the superuser; no assertion runs as it."""
     admin.execute(AUDIT_FUNCTION)
-    alice, bob = create_user(admin), create_user(admin)
-    rows: dict[str, dict[str, str]] = {table: {} for table in TABLES}
+    alice, bob, carol = create_user(admin), create_user(admin), create_user(admin)
+    rows: dict[str, dict[str, str]] = {table: {} for table in OWNED_TABLES}
     for user in (alice, bob):
         rows["task"][user] = _insert_id(admin, "task", {"user_id": user, "title": "own task"})
         conversation = _insert_id(admin, "conversation", {"user_id": user, "title": "own chat"})
@@ -79,20 +99,25 @@ def build_world(admin: psycopg.Connection[Any]) -> World:
             "message",
             {"user_id": user, "conversation_id": conversation, "role": "user", "content": "hi"},
         )
-    return World(alice=alice, bob=bob, rows=rows)
+        admin.execute("insert into user_preference (user_id) values (%s)", (user,))
+        rows["user_preference"][user] = user
+    return World(alice=alice, bob=bob, carol=carol, rows=rows)
 
 
 def insert_statement(
     table: str, values: dict[str, Any], *, upsert: bool = False, returning: str | None = None
 ) -> sql.Composed:
-    """INSERT of values (as bind parameters) into table; upsert touches the row on conflict."""
+    """INSERT of values (as bind parameters) into table; upsert touches the row on conflict
+    with the row of the same key."""
     query = sql.SQL("insert into {} ({}) values ({})").format(
         sql.Identifier(table),
         sql.SQL(", ").join(map(sql.Identifier, values)),
         sql.SQL(", ").join(map(sql.Placeholder, values)),
     )
     if upsert:
-        query += sql.SQL(" on conflict (id) do update set updated_at = excluded.updated_at")
+        query += sql.SQL(" on conflict ({}) do update set updated_at = excluded.updated_at").format(
+            sql.Identifier(key_of(table))
+        )
     if returning:
         query += sql.SQL(" returning ") + sql.SQL(returning)
     return query
@@ -109,6 +134,8 @@ def _row_values(world: World, table: str, owner: str) -> dict[str, Any]:
     if table == "message":
         conversation = world.rows["conversation"][owner]
         return {"user_id": owner, "conversation_id": conversation, "role": "user", "content": "x"}
+    if table == "user_preference":
+        return {"user_id": owner, "theme": "dark"}
     return {"user_id": owner, "title": "probe"}
 
 
@@ -191,10 +218,12 @@ class Probe:
 
 
 def _fixed(template: str, table: str) -> Callable[[World, str], Statement]:
-    """The same statement for every actor; %(id)s is alice's row."""
+    """The same statement for every actor; %(id)s is the key of alice's row."""
 
     def statement(world: World, _actor: str) -> Statement:
-        query = sql.SQL(template).format(table=sql.Identifier(table))
+        query = sql.SQL(template).format(
+            table=sql.Identifier(table), key=sql.Identifier(key_of(table))
+        )
         if template.startswith("copy"):
             return query, None
         return query, {"id": world.rows[table][world.alice]} if "%(id)s" in template else {}
@@ -203,13 +232,17 @@ def _fixed(template: str, table: str) -> Callable[[World, str], Statement]:
 
 
 def _probes_for(table: str) -> list[Probe]:
-    def insert_claiming_alice(world: World, _actor: str) -> Statement:
-        values = _row_values(world, table, world.alice)
+    victim = claimed_victim(table)
+
+    def insert_claiming_victim(world: World, _actor: str) -> Statement:
+        values = _row_values(world, table, world.user_id(victim) or "")
         return insert_statement(table, values), values
 
     def upsert_over_alice(world: World, actor: str) -> Statement:
-        claimed = world.user_id(actor) or world.alice
-        values = {"id": world.rows[table][world.alice]} | _row_values(world, table, claimed)
+        # Where the key is the owner, reaching alice's row means claiming her id.
+        claimed = world.alice if table in KEYS else world.user_id(actor) or world.alice
+        values = {key_of(table): world.rows[table][world.alice]}
+        values |= _row_values(world, table, claimed)
         return insert_statement(table, values, upsert=True), values
 
     def reown_own_rows(new_owner: str) -> Callable[[World], Statement]:
@@ -217,12 +250,12 @@ def _probes_for(table: str) -> list[Probe]:
         # probe must fail on the UPDATE policy's WITH CHECK alone.
         def statement(world: World) -> Statement:
             query = sql.SQL("update {} set user_id = %(owner)s").format(sql.Identifier(table))
-            return query, {"owner": world.alice if new_owner == "alice" else world.bob}
+            return query, {"owner": world.user_id(new_owner)}
 
         return statement
 
     touch = "update {table} set updated_at = updated_at"
-    by_id = " where id = %(id)s"
+    by_id = " where {key} = %(id)s"
     return [
         Probe(table, "select by id", _fixed("select user_id from {table}" + by_id, table)),
         Probe(table, "select all", _fixed("select user_id from {table}", table)),
@@ -236,13 +269,19 @@ def _probes_for(table: str) -> list[Probe]:
             writes=True,
         ),
         Probe(table, "delete without where", _fixed("delete from {table}", table), writes=True),
-        Probe(table, "insert claiming alice", insert_claiming_alice, writes=True),
-        Probe(table, "upsert over alice's row", upsert_over_alice, writes=True),
-        # The actor hands the rows it can reach to alice; the control is bob keeping his own.
         Probe(
             table,
-            "re-own rows to alice",
-            lambda world, _actor: reown_own_rows("alice")(world),
+            f"insert claiming {victim}",
+            insert_claiming_victim,
+            writes=True,
+            control_actor=victim,
+        ),
+        Probe(table, "upsert over alice's row", upsert_over_alice, writes=True),
+        # The actor hands the rows it can reach to the victim; the control: bob keeps his own.
+        Probe(
+            table,
+            f"re-own rows to {victim}",
+            lambda world, _actor: reown_own_rows(victim)(world),
             writes=True,
             control_actor="bob",
             control=reown_own_rows("bob"),
@@ -261,7 +300,7 @@ def _message_into_alices_conversation(world: World, actor: str) -> Statement:
     return insert_statement("message", values), values
 
 
-PROBES = [probe for table in TABLES for probe in _probes_for(table)] + [
+PROBES = [probe for table in OWNED_TABLES for probe in _probes_for(table)] + [
     Probe(
         "message",
         "insert into alice's conversation",

@@ -86,7 +86,7 @@ def test_migrate_applies_schema_with_forced_rls(
         "select relname::text from pg_catalog.pg_class where relnamespace = 'public'::regnamespace"
         " and relrowsecurity and relforcerowsecurity order by 1"
     ).fetchall()
-    assert [name for (name,) in forced] == ["conversation", "message", "task"]
+    assert [name for (name,) in forced] == ["conversation", "message", "task", "user_preference"]
     head = ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
     assert fresh_admin.execute("select version_num from alembic_version").fetchall() == [(head,)]
 
@@ -102,7 +102,8 @@ def test_downgrade_removes_schema_and_keeps_users(
     assert main(["downgrade", "--url", fresh_url]) == 0
 
     assert "downgraded" in capsys.readouterr().out
-    assert not _relation_exists(fresh_admin, "public.task")
+    for table in ("task", "conversation", "message", "user_preference"):
+        assert not _relation_exists(fresh_admin, f"public.{table}")
     rows = fresh_admin.execute('select id from "user"').fetchall()
     assert rows == [(user_id,)]
 

@@ -26,7 +26,7 @@ from fix_server import PgServer
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The alembic console script of the interpreter running the tests (.venv/bin/alembic).
 ALEMBIC = Path(sys.executable).with_name("alembic")
-OUR_TABLES = ("task", "conversation", "message")
+OUR_TABLES = ("task", "conversation", "message", "user_preference")
 # Bounds every statement of a migration run, so a missing lock_timeout fails instead of hanging.
 STATEMENT_TIMEOUT = {"options": "-c statement_timeout=20s"}
 
@@ -52,6 +52,7 @@ def nothing_of_ours(conn: psycopg.Connection[Any]) -> bool:
             select pg_catalog.to_regclass('public.task') is null
                and pg_catalog.to_regclass('public.conversation') is null
                and pg_catalog.to_regclass('public.message') is null
+               and pg_catalog.to_regclass('public.user_preference') is null
                and pg_catalog.to_regprocedure('public.todo_rls_set_updated_at()') is null
                and not exists (select from pg_catalog.pg_policies where schemaname = 'public')
                and not exists (select from pg_catalog.pg_trigger t

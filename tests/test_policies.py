@@ -8,9 +8,20 @@ from psycopg import sql
 
 from fix_db import APP_LOGIN, AppConnector
 from fix_server import PgServer
-from isolation import ACTOR_LABELS, ACTORS, PROBES, Connect, Probe, World, acting, build_world
+from isolation import (
+    ACTOR_LABELS,
+    ACTORS,
+    OWNED_TABLES,
+    PROBES,
+    Connect,
+    Probe,
+    World,
+    acting,
+    build_world,
+    key_of,
+)
 
-TABLES = ("task", "conversation", "message")
+TABLES = OWNED_TABLES
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +60,9 @@ def test_the_owner_sees_exactly_their_rows_in_every_table(
         actor = "alice" if user == world.alice else "bob"
         with acting(probe_connect, world, actor) as conn:
             for table in TABLES:
-                query = sql.SQL("select id::text from {}").format(sql.Identifier(table))
+                query = sql.SQL("select {}::text from {}").format(
+                    sql.Identifier(key_of(table)), sql.Identifier(table)
+                )
                 ids = conn.execute(query).fetchall()
                 assert [row[0] for row in ids] == [world.rows[table][user]]
 

@@ -45,6 +45,22 @@ WEAKENINGS: dict[str, tuple[str, set[str]]] = {
         "create policy task_debug on task for select using (true)",
         {"task-select_all", "task-copy_to"},
     ),
+    "preference select policy always true": (
+        "alter policy user_preference_select on user_preference using (true)",
+        {"user_preference-select_by_id", "user_preference-select_all"},
+    ),
+    "preference insert policy always true": (
+        "alter policy user_preference_insert on user_preference with check (true)",
+        {"user_preference-insert_claiming_carol"},
+    ),
+    "preference update policy that checks nothing": (
+        "alter policy user_preference_update on user_preference with check (true)",
+        {"user_preference-re-own_rows_to_carol"},
+    ),
+    "preference row level security disabled": (
+        "alter table user_preference disable row level security",
+        {"user_preference-select_all", "user_preference-delete_without_where"},
+    ),
     "message foreign key without user_id": (
         "alter table message drop constraint fk_message_conversation_id_user_id_conversation;"
         " alter table message add constraint fk_message_conversation_id_conversation"

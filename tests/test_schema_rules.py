@@ -15,7 +15,7 @@ from todo_rls import Task, scoped_session, tasks
 
 from dal_inspect import plan_of
 from fix_db import APP_LOGIN, AppConnector, create_user
-from isolation import TABLES, World, acting, build_world, insert_statement
+from isolation import OWNED_TABLES, TABLES, World, acting, build_world, insert_statement, key_of
 
 OLD = datetime(2000, 1, 1, tzinfo=UTC)
 
@@ -36,7 +36,7 @@ def count(conn: psycopg.Connection[Any], table: str) -> int:
 def counts(connect: AppConnector, world: World, actor: str) -> dict[str, int]:
     """How many rows of each table actor sees, as the app role scoped as actor."""
     with acting(connect, world, actor) as conn:
-        return {table: count(conn, table) for table in TABLES}
+        return {table: count(conn, table) for table in OWNED_TABLES}
 
 
 def new_row(world: World, table: str) -> dict[str, Any]:
@@ -67,12 +67,12 @@ def fetch_one(
 def test_deleting_a_user_deletes_their_tasks_conversations_and_messages(
     world: World, admin: psycopg.Connection[Any], connect_app: AppConnector
 ) -> None:
-    everything_once = dict.fromkeys(TABLES, 1)
+    everything_once = dict.fromkeys(OWNED_TABLES, 1)
     assert counts(connect_app, world, "alice") == everything_once  # positive control
     assert counts(connect_app, world, "bob") == everything_once
     # The app role has no privilege on "user"; Better Auth deletes users with its own role.
     admin.execute('delete from "user" where id = %s', (world.alice,))
-    assert counts(connect_app, world, "alice") == dict.fromkeys(TABLES, 0)
+    assert counts(connect_app, world, "alice") == dict.fromkeys(OWNED_TABLES, 0)
     assert counts(connect_app, world, "bob") == everything_once
 
 
@@ -218,19 +218,25 @@ def test_table_owner_sees_no_rows_because_rls_is_forced(
         with conn.transaction(force_rollback=True):
             assert fetch_one(conn, state) == (table_owner, True)
             # Positive control: without FORCE the owner reads every row, so FORCE hides them.
-            for table in TABLES:
+            for table in OWNED_TABLES:
                 conn.execute(
                     sql.SQL("alter table {} no force row level security").format(
                         sql.Identifier(table)
                     )
                 )
-            assert {table: count(conn, table) for table in TABLES} == dict.fromkeys(TABLES, 2)
+            assert {table: count(conn, table) for table in OWNED_TABLES} == dict.fromkeys(
+                OWNED_TABLES, 2
+            )
         with conn.transaction(force_rollback=True):
             assert fetch_one(conn, state) == (table_owner, True)
-            assert {table: count(conn, table) for table in TABLES} == dict.fromkeys(TABLES, 0)
+            assert {table: count(conn, table) for table in OWNED_TABLES} == dict.fromkeys(
+                OWNED_TABLES, 0
+            )
             # Scoping does not help either: no policy names the owner.
             conn.execute("select set_config('app.user_id', %s, true)", (world.alice,))
-            assert {table: count(conn, table) for table in TABLES} == dict.fromkeys(TABLES, 0)
+            assert {table: count(conn, table) for table in OWNED_TABLES} == dict.fromkeys(
+                OWNED_TABLES, 0
+            )
 
 
 def test_every_protected_table_forces_rls_with_one_policy_per_command_for_todo_app(
@@ -247,7 +253,7 @@ def test_every_protected_table_forces_rls_with_one_policy_per_command_for_todo_a
         order by 1
         """
     ).fetchall()
-    assert tables == [(table, True, True) for table in sorted(TABLES)]
+    assert tables == [(table, True, True) for table in sorted(OWNED_TABLES)]
     policies = conn.execute(
         """
         select tablename::text, policyname::text, cmd, permissive, roles::text[],
@@ -257,7 +263,7 @@ def test_every_protected_table_forces_rls_with_one_policy_per_command_for_todo_a
     ).fetchall()
     expected = [
         (table, f"{table}_{cmd.lower()}", cmd, "PERMISSIVE", ["todo_app"])
-        for table in sorted(TABLES)
+        for table in sorted(OWNED_TABLES)
         for cmd in sorted(["SELECT", "INSERT", "UPDATE", "DELETE"], key=str.lower)
     ]
     assert [row[:5] for row in policies] == expected
@@ -279,7 +285,7 @@ def test_every_protected_table_forces_rls_with_one_policy_per_command_for_todo_a
     ), expression
 
 
-@pytest.mark.parametrize("table", TABLES)
+@pytest.mark.parametrize("table", OWNED_TABLES)
 def test_turning_row_security_off_raises_instead_of_showing_rows(
     table: str, world: World, connect_app: AppConnector
 ) -> None:
@@ -293,11 +299,13 @@ def test_turning_row_security_off_raises_instead_of_showing_rows(
             count(conn, table)
 
 
-@pytest.mark.parametrize("table", TABLES)
+@pytest.mark.parametrize("table", OWNED_TABLES)
 def test_filtering_on_another_user_in_a_scoped_transaction_returns_nothing(
     table: str, world: World, connect_app: AppConnector
 ) -> None:
-    query = sql.SQL("select id::text from {} where user_id = %s").format(sql.Identifier(table))
+    query = sql.SQL("select {}::text from {} where user_id = %s").format(
+        sql.Identifier(key_of(table)), sql.Identifier(table)
+    )
     with acting(connect_app, world, "bob") as conn:  # positive control: bob finds his row
         assert conn.execute(query, (world.bob,)).fetchall() == [(world.rows[table][world.bob],)]
     with acting(connect_app, world, "alice") as conn:
@@ -347,7 +355,7 @@ def test_open_task_count_is_an_index_only_scan(
     assert "Index Only Scan using ix_task_user_id_completed_created_at_id" in plan, plan
 
 
-@pytest.mark.parametrize("table", TABLES)
+@pytest.mark.parametrize("table", OWNED_TABLES)
 def test_policy_reads_the_user_once_per_statement_as_an_initplan(
     table: str, world: World, connect_app: AppConnector
 ) -> None:
@@ -359,11 +367,12 @@ def test_policy_reads_the_user_once_per_statement_as_an_initplan(
 
         # Positive control: a bare current_setting in a condition shows up in the plan.
         bare = sql.SQL(
-            "select id from {} where user_id"
+            "select {} from {} where user_id"
             " = nullif(pg_catalog.current_setting('app.user_id', true), '')"
         )
-        assert "current_setting" in plan(bare.format(sql.Identifier(table)))
-        policy_only = plan(sql.SQL("select id from {}").format(sql.Identifier(table)))
+        key, name = sql.Identifier(key_of(table)), sql.Identifier(table)
+        assert "current_setting" in plan(bare.format(key, name))
+        policy_only = plan(sql.SQL("select {} from {}").format(key, name))
     assert "InitPlan" in policy_only and "current_setting" not in policy_only, policy_only
 
 

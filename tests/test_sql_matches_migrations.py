@@ -50,8 +50,13 @@ def test_sql_folder_builds_the_schema_the_migrations_build(
 ) -> None:
     from_sql = take_snapshot(pg_server, sql_database)
     # Guard against an empty-vs-empty pass: the migrated schema has our tables and policies.
-    assert {row[0] for row in migrated_snapshot["relations"]} == {"task", "conversation", "message"}
-    assert len(migrated_snapshot["policies"]) == 12
+    assert {row[0] for row in migrated_snapshot["relations"]} == {
+        "task",
+        "conversation",
+        "message",
+        "user_preference",
+    }
+    assert len(migrated_snapshot["policies"]) == 16
     assert from_sql == migrated_snapshot
 
 

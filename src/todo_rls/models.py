@@ -130,3 +130,31 @@ class Message(OwnedModel, table=True):
     content: str = Field(sa_type=Text)
     created_at: datetime | None = _timestamp()
     updated_at: datetime | None = _timestamp()
+
+
+THEMES = ("system", "light", "dark")
+# A language with an optional region (en, fil, en-US, pt-BR); the CHECK uses the same pattern.
+LANGUAGE_TAG_PATTERN = "^[a-z]{2,3}(-[A-Z]{2})?$"
+
+
+class UserPreference(OwnedModel, table=True):
+    """One row per user: the primary key is the owner's id (todo_rls.preferences reads it)."""
+
+    __tablename__: ClassVar[str] = "user_preference"
+    __table_args__ = (
+        CheckConstraint("theme in ('system', 'light', 'dark')", name="theme_known"),
+        CheckConstraint("language ~ '^[a-z]{2,3}(-[A-Z]{2})?$'", name="language_tag"),
+    )
+    __mapper_args__: ClassVar[dict[str, Any]] = {"eager_defaults": True}
+
+    user_id: str = Field(primary_key=True, foreign_key="user.id", ondelete="CASCADE", sa_type=Text)
+    theme: str = Field(
+        default="system", sa_type=Text, sa_column_kwargs={"server_default": text("'system'")}
+    )
+    language: str = Field(
+        default="en", sa_type=Text, sa_column_kwargs={"server_default": text("'en'")}
+    )
+    notify_email: bool = Field(default=True, sa_column_kwargs={"server_default": text("true")})
+    notify_push: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
+    created_at: datetime | None = _timestamp()
+    updated_at: datetime | None = _timestamp()
