@@ -11,13 +11,15 @@ from todo_rls.errors import (
     TodoRlsError,
     UnsafeRoleError,
 )
-from todo_rls.models import Conversation, Message, Task
+from todo_rls.models import Conversation, Message, Task, UserPreference
+from todo_rls.owner_rls import OwnerRlsArgumentError, disable_owner_rls, enable_owner_rls
 from todo_rls.session import (
     APP_ROLE,
     current_user_id,
     scoped_async_session,
     scoped_session,
 )
+from todo_rls.settings import Settings, SettingsError, load_settings
 from todo_rls.validation import validate_user_id
 
 __all__ = [
@@ -31,13 +33,20 @@ __all__ = [
     "Message",
     "MigrationPreconditionError",
     "NotFoundError",
+    "OwnerRlsArgumentError",
+    "Settings",
+    "SettingsError",
     "Task",
     "TodoRlsError",
     "UnsafeRoleError",
+    "UserPreference",
     "create_async_engine",
     "create_engine",
     "current_user_id",
     "database_url",
+    "disable_owner_rls",
+    "enable_owner_rls",
+    "load_settings",
     "scoped_async_session",
     "scoped_session",
     "validate_user_id",
