@@ -71,7 +71,7 @@ def add_message(
 ) -> Message:
     """Append a message and mark the conversation active, in the caller's transaction."""
     if role not in MESSAGE_ROLES:
-        raise InvalidInputError(f"message role must be one of {MESSAGE_ROLES}, not {role!r}")
+        raise InvalidInputError(f"message role must be one of {MESSAGE_ROLES}, not {role!r:.80}")
     content = check_text(content, "message content")
     conversation_id = parse_id(conversation_id, "conversation")
     # Bumping first proves the conversation is the caller's before anything is inserted.

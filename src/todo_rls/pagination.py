@@ -32,7 +32,7 @@ def check_limit(limit: object) -> int:
     # Refused rather than clamped: a caller asking for 1000 rows should learn it gets 100.
     if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
         raise InvalidInputError(
-            f"limit must be an integer from 1 to {MAX_PAGE_SIZE}, not {limit!r}; "
+            f"limit must be an integer from 1 to {MAX_PAGE_SIZE}, not {limit!r:.80}; "
             "fetch more rows by following next_cursor"
         )
     return limit

@@ -37,7 +37,7 @@ def _check_description(value: object) -> str | None:
 
 def _check_completed(value: object) -> bool:
     if not isinstance(value, bool):
-        raise InvalidInputError(f"completed must be True or False, not {value!r}")
+        raise InvalidInputError(f"completed must be True or False, not {value!r:.80}")
     return value
 
 

@@ -1,5 +1,6 @@
 """Checks on values from callers, made before anything reaches the database."""
 
+import unicodedata
 import uuid
 
 from todo_rls.errors import InvalidInputError, InvalidUserIdError
@@ -18,9 +19,21 @@ def validate_user_id(user_id: object) -> str:
         raise InvalidUserIdError(
             f"user id is {len(user_id)} characters; at most {USER_ID_MAX_LENGTH} are allowed"
         )
-    if any(ord(char) < 32 or ord(char) == 127 for char in user_id):
+    # Category Cc: C0 (NUL, newline, ESC), DEL and C1 (such as NEL, a line break to some logs).
+    if any(unicodedata.category(char) == "Cc" for char in user_id):
         raise InvalidUserIdError("user id contains a control character (such as NUL)")
+    # Checked here, not when the first transaction quotes it: by then a connection is taken.
+    if not _is_utf8(user_id):
+        raise InvalidUserIdError("user id contains a lone surrogate, not valid Unicode")
     return user_id
+
+
+def _is_utf8(value: str) -> bool:
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_id(value: object, what: str) -> uuid.UUID:
@@ -41,10 +54,8 @@ def check_text(value: object, what: str) -> str:
         raise InvalidInputError(f"{what} must be a str, not {type(value).__name__}")
     if "\x00" in value:
         raise InvalidInputError(f"{what} contains a NUL character, which text cannot store")
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        raise InvalidInputError(f"{what} contains a lone surrogate, not valid Unicode") from None
+    if not _is_utf8(value):
+        raise InvalidInputError(f"{what} contains a lone surrogate, not valid Unicode")
     return value
 
 
