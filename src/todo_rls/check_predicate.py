@@ -1,0 +1,107 @@
+"""Classify a policy predicate as printed by pg_get_expr: the canonical owner check, or not."""
+
+import re
+from enum import Enum
+
+# Tokens of pg_get_expr's output: string literals, quoted identifiers, words, casts, symbols.
+_TOKEN = re.compile(
+    r"""
+      '(?:[^']|'')*'          # string literal ('' escapes a quote)
+    | "(?:[^"]|"")*"          # quoted identifier
+    | [A-Za-z_][A-Za-z0-9_$]*  # word: keyword, identifier, function name
+    | \d+(?:\.\d+)?           # number
+    | ::                      # cast
+    | \S                      # any other symbol: ( ) , = . [ ] ...
+    """,
+    re.VERBOSE,
+)
+# Words that continue a multi-word type name after `::` (character varying, time zone, ...).
+_TYPE_WORDS = frozenset({"varying", "precision", "with", "without", "time", "zone"})
+
+# `user_id = (select nullif(current_setting('app.user_id', true), ''))`, normalized.
+CANONICAL: tuple[str, ...] = ("user_id", "=", "select", "nullif", "current_setting")
+CANONICAL += ("'app.user_id'", ",", "true", ",", "''")
+# The same predicate without its sub-select: as safe, but evaluated once per row.
+CANONICAL_BARE = tuple(part for part in CANONICAL if part != "select")
+
+
+class Shape(Enum):
+    """What a predicate is, as far as the canonical form goes."""
+
+    CANONICAL = "canonical"
+    BARE = "canonical but without the sub-select"
+    OTHER = "not the canonical form"
+
+
+def tokens(expression: str) -> list[str]:
+    """The tokens of expression; words lower-cased, literals and quoted names kept as written."""
+    return [t if t[0] in "'\"" else t.lower() for t in _TOKEN.findall(expression)]
+
+
+def _skip_type(tokens: list[str], i: int) -> int:
+    """Index just past the type name that starts at tokens[i] (after a `::`)."""
+    i += 1  # the type's first word
+    while i < len(tokens):
+        if tokens[i] == "." and i + 1 < len(tokens):  # schema-qualified: pg_catalog.text
+            i += 2
+        elif tokens[i] in _TYPE_WORDS or tokens[i] in ("[", "]"):
+            i += 1
+        elif tokens[i] == "(" and ")" in tokens[i:]:  # a type modifier: varchar(32)
+            i = tokens.index(")", i) + 1
+        else:
+            break
+    return i
+
+
+def normalize(expression: str) -> tuple[str, ...]:
+    """Tokens without parentheses, casts, pg_catalog qualifiers or a sub-select's column alias.
+
+    Dropping parentheses cannot make two different predicates equal here: the canonical tokens
+    admit only one parse. A function from another schema keeps its qualifier and so never
+    matches (public.current_setting is not pg_catalog's).
+    """
+    raw = tokens(expression)
+    out: list[str] = []
+    i = 0
+    while i < len(raw):
+        part = raw[i]
+        if part == "::":
+            i = _skip_type(raw, i + 1)
+            continue
+        if part == "pg_catalog" and raw[i + 1 : i + 2] == ["."]:
+            i += 2
+            continue
+        if part == "as" and i + 1 < len(raw):  # ( SELECT ... AS "nullif")
+            i += 2
+            continue
+        if part not in ("(", ")"):
+            out.append(part)
+        i += 1
+    return tuple(out)
+
+
+def shape(expression: str) -> Shape:
+    """Whether expression is the canonical owner check, the same without sub-select, or other."""
+    normalized = normalize(expression)
+    if normalized == CANONICAL:
+        return Shape.CANONICAL
+    if normalized == CANONICAL_BARE:
+        return Shape.BARE
+    return Shape.OTHER
+
+
+def has_bare_setting(expression: str) -> bool:
+    """Whether a current_setting call in expression sits outside every `(select ...)`.
+
+    Such a call is evaluated once per row instead of once per statement (an InitPlan).
+    """
+    raw = tokens(expression)
+    subselect_depths: list[bool] = []  # per open parenthesis: does it start a sub-select?
+    for i, part in enumerate(raw):
+        if part == "(":
+            subselect_depths.append(raw[i + 1 : i + 2] == ["select"])
+        elif part == ")" and subselect_depths:
+            subselect_depths.pop()
+        elif part == "current_setting" and not any(subselect_depths):
+            return True
+    return False
