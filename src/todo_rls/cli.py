@@ -11,7 +11,9 @@ import psycopg
 from sqlalchemy import URL
 from sqlalchemy.exc import DBAPIError
 
-from todo_rls import migrate
+from todo_rls import check as rls_check
+from todo_rls import migrate, stress
+from todo_rls.bench import run as bench_command
 from todo_rls.demo import DEMO_ROLE, run_demo
 from todo_rls.embedded import DEFAULT_DATA_DIR, DEMO_DATABASE, embedded_database_url
 from todo_rls.engine import database_url
@@ -145,6 +147,35 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"data folder of the embedded server, used when no URL is given "
         f"(default: {DEFAULT_DATA_DIR})",
     )
+    stress.add_arguments(
+        _add_command(
+            commands,
+            "stress",
+            "Run many users' scoped transactions from threads and asyncio tasks at once, "
+            "each checking it saw only its own rows; prints the leaks found "
+            "(exit 1 on any leak or failed transaction).",
+            stress.run_command,
+        )
+    )
+    check = _add_command(
+        commands,
+        "check",
+        "Audit a live database for row-level-security holes (read-only catalog queries, as any "
+        "role); each finding names its table, rule, severity and fix; exit 0 when clean, 1 with "
+        "findings, 2 when it cannot connect or is used wrongly. Rules: docs/check.md.",
+        rls_check.run,
+    )
+    rls_check.add_arguments(check)
+    bench = _add_command(
+        commands,
+        "bench",
+        "Measure what row-level security costs: each query pattern the app runs, through the "
+        "wrapper as the app role vs the same SQL as a BYPASSRLS role (median, p95, ratio, "
+        "plan), round trips, latency through a delay proxy, and throughput; without a URL it "
+        "runs on an embedded PostgreSQL.",
+        bench_command.run,
+    )
+    bench_command.add_arguments(bench)
     return parser
 
 

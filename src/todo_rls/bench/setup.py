@@ -1,0 +1,96 @@
+"""The bench's own database and login roles, created idempotently with an admin URL."""
+
+import secrets
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from sqlalchemy import URL, make_url
+
+from todo_rls import migrate
+from todo_rls.demo import BETTER_AUTH_USER_DDL
+from todo_rls.engine import database_url
+from todo_rls.errors import TodoRlsError
+from todo_rls.session import APP_ROLE
+
+# (a): what a deployment logs in as, a member of todo_app that row-level security binds.
+BENCH_APP_ROLE = "todo_rls_bench_app"
+# (b): the hand-filtered baseline; BYPASSRLS, so its queries skip the policies entirely.
+BENCH_BYPASS_ROLE = "todo_rls_bench_bypass"
+
+
+class BenchSetupError(TodoRlsError):
+    """The bench cannot set itself up with the URL it was given; the message says what to fix."""
+
+
+def bench_database(scale: str) -> str:
+    """The database name of one scale, so runs at different scales never share data."""
+    return f"todo_rls_bench_{scale}"
+
+
+def admin_connect(url: URL, dbname: str | None = None) -> psycopg.Connection[Any]:
+    """An autocommit psycopg connection as the admin, to url's database or dbname."""
+    target = url.set(drivername="postgresql", database=dbname or url.database)
+    return psycopg.connect(target.render_as_string(hide_password=False), autocommit=True)
+
+
+def _require_superuser(conn: psycopg.Connection[Any]) -> None:
+    row = conn.execute(
+        "select current_user::text, rolsuper from pg_catalog.pg_roles where rolname = current_user"
+    ).fetchone()
+    if row is None or not row[1]:
+        raise BenchSetupError(
+            f"role {row[0] if row else '?'} is not a superuser: the bench creates a database and "
+            f"a BYPASSRLS role ({BENCH_BYPASS_ROLE}); pass a superuser's URL with --url"
+        )
+
+
+def _ensure_database(conn: psycopg.Connection[Any], dbname: str) -> None:
+    found = conn.execute("select from pg_catalog.pg_database where datname = %s", (dbname,))
+    if found.fetchone() is None:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(dbname)))
+
+
+def _ensure_login_role(conn: psycopg.Connection[Any], name: str, bypass: bool) -> str:
+    """Create role name if absent, (re)set its attributes and a fresh password; return it."""
+    role, password = sql.Identifier(name), secrets.token_urlsafe(24)
+    try:
+        with conn.transaction():
+            conn.execute(sql.SQL("create role {} login").format(role))
+    except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+        pass  # an earlier run (maybe at another scale) created it
+    attributes = sql.SQL("bypassrls" if bypass else "nobypassrls")
+    conn.execute(
+        sql.SQL("alter role {} login nosuperuser {} password {}").format(
+            role, attributes, sql.Literal(password)
+        )
+    )
+    # Both roles reach the tables through todo_app's grants: same privileges, only RLS differs.
+    conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(APP_ROLE), role))
+    return password
+
+
+def prepare_database(admin_url: str, dbname: str) -> tuple[URL, URL, URL]:
+    """Create (if absent) and migrate dbname; the admin, app and bypass URLs of it."""
+    url = database_url(admin_url)
+    with admin_connect(url) as conn:
+        _require_superuser(conn)
+        _ensure_database(conn, dbname)
+    bench_url = url.set(database=dbname)
+    with admin_connect(bench_url) as conn:
+        if conn.execute("select pg_catalog.to_regclass('public.\"user\"')").fetchone() == (None,):
+            conn.execute(BETTER_AUTH_USER_DDL)
+    migrate.upgrade(bench_url.render_as_string(hide_password=False))  # creates todo_app
+    with admin_connect(bench_url) as conn:
+        app_password = _ensure_login_role(conn, BENCH_APP_ROLE, bypass=False)
+        bypass_password = _ensure_login_role(conn, BENCH_BYPASS_ROLE, bypass=True)
+    return (
+        bench_url,
+        bench_url.set(username=BENCH_APP_ROLE, password=app_password),
+        bench_url.set(username=BENCH_BYPASS_ROLE, password=bypass_password),
+    )
+
+
+def render(url: URL) -> str:
+    """url as a string with its password, for engines and psycopg."""
+    return str(make_url(url).render_as_string(hide_password=False))
