@@ -10,8 +10,8 @@ import pytest
 from psycopg import sql
 
 from todo_rls.check import audit, connect
-from todo_rls.check_predicate import Shape, has_bare_setting, shape
-from todo_rls.check_rules import RULES
+from todo_rls.check.predicate import Shape, has_bare_setting, shape
+from todo_rls.check.rules import RULES
 from todo_rls.cli import main
 
 from fix_db import APP_LOGIN, OWNED_TABLES, CreateRole, url_as

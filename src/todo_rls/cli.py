@@ -11,13 +11,14 @@ import psycopg
 from sqlalchemy import URL
 from sqlalchemy.exc import DBAPIError
 
-from todo_rls import check as rls_check
-from todo_rls import migrate, stress
+from todo_rls import migrate
 from todo_rls.bench import run as bench_command
+from todo_rls.check import command as rls_check
 from todo_rls.demo import DEMO_ROLE, run_demo
 from todo_rls.embedded import DEFAULT_DATA_DIR, DEMO_DATABASE, embedded_database_url
 from todo_rls.engine import database_url
 from todo_rls.errors import DatabaseUrlError, TodoRlsError
+from todo_rls.stress import command as stress
 
 URL_HELP = "database URL (default: $DATABASE_URL), as a role allowed to create tables and roles"
 

@@ -18,7 +18,9 @@ _TOKEN = re.compile(
 # Words that continue a multi-word type name after `::` (character varying, time zone, ...).
 _TYPE_WORDS = frozenset({"varying", "precision", "with", "without", "time", "zone"})
 
-# `user_id = (select nullif(current_setting('app.user_id', true), ''))`, normalized.
+# The owner check every policy should use, as SQL for the fixes the rules print.
+CANONICAL_SQL = "user_id = (select nullif(pg_catalog.current_setting('app.user_id', true), ''))"
+# The same predicate as pg_get_expr prints it, normalized.
 CANONICAL: tuple[str, ...] = ("user_id", "=", "select", "nullif", "current_setting")
 CANONICAL += ("'app.user_id'", ",", "true", ",", "''")
 # The same predicate without its sub-select: as safe, but evaluated once per row.

@@ -1,0 +1,42 @@
+"""Connect to a live database read-only and run every rule of `todo-rls check` over it."""
+
+from collections.abc import Sequence
+
+import psycopg
+
+from todo_rls.check.context import Conn, Context, load_context
+from todo_rls.check.findings import Finding
+from todo_rls.check.rules import run_rules
+from todo_rls.engine import database_url
+
+DEFAULT_SCHEMA = "public"
+DEFAULT_APP_ROLE = "todo_app"
+# Better Auth's tables (no user_id; its server reads them as their owner) and Alembic's.
+DEFAULT_ALLOW = ("user", "session", "account", "verification", "jwks", "alembic_version")
+CONNECT_TIMEOUT = 10  # seconds: long enough for a suspended Neon compute to wake
+
+
+def connect(url: str | None) -> Conn:
+    """A read-only connection to url (default: $DATABASE_URL); any role can run the checks."""
+    parsed = database_url(url)  # DatabaseUrlError (exit 2) when missing or not PostgreSQL
+    conninfo = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    # No prepared statements: the URL may be a transaction-mode pooler (Neon's -pooler host).
+    conn = psycopg.connect(conninfo, connect_timeout=CONNECT_TIMEOUT, prepare_threshold=None)
+    conn.read_only = True
+    # Every query runs in this one transaction; a transaction-local search_path keeps a
+    # look-alike function in another schema out of the checks and leaks into no pooled session.
+    conn.execute("select pg_catalog.set_config('search_path', 'pg_catalog', true)")
+    return conn
+
+
+def audit(
+    conn: Conn,
+    schema: str = DEFAULT_SCHEMA,
+    app_role: str = DEFAULT_APP_ROLE,
+    allow: Sequence[str] = DEFAULT_ALLOW,
+    login_roles: Sequence[str] | None = None,
+) -> tuple[Context, list[Finding]]:
+    """Run every rule against conn's database; the context says what was looked at."""
+    roles = list(login_roles) if login_roles is not None else None
+    ctx = load_context(conn, schema, app_role, list(allow), roles)
+    return ctx, run_rules(ctx)

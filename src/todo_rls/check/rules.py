@@ -1,0 +1,61 @@
+"""The rule table of `todo-rls check` (docs/check.md), and running it."""
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from todo_rls.check.context import Context
+from todo_rls.check.findings import Finding, Hit, Severity
+from todo_rls.check.rules_objects import (
+    definer_without_search_path,
+    fk_without_owner,
+    view_as_owner,
+)
+from todo_rls.check.rules_policies import (
+    command_without_policy,
+    fail_open_predicate,
+    policy_for_public,
+    setting_per_row,
+    update_without_check,
+)
+from todo_rls.check.rules_roles import role_bypasses_rls, role_dangerous_privilege, role_owns_table
+from todo_rls.check.rules_tables import rls_disabled, rls_not_forced
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row of the rule table: id, severity, what it flags, and the function that looks."""
+
+    id: str
+    severity: Severity
+    description: str
+    check: Callable[[Context], Iterator[Hit]]
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("RLS001", "error", "table in scope without row-level security", rls_disabled),
+    Rule("RLS002", "error", "row-level security enabled but not forced", rls_not_forced),
+    Rule("POL001", "warning", "command with no policy for the app role", command_without_policy),
+    Rule("POL002", "error", "policy for PUBLIC instead of the app role", policy_for_public),
+    Rule("POL003", "error", "predicate other than the canonical owner check (may fail open)",
+         fail_open_predicate),
+    Rule("POL004", "warning", "UPDATE or ALL policy without WITH CHECK", update_without_check),
+    Rule("POL005", "warning", "current_setting outside a sub-select (evaluated per row)",
+         setting_per_row),
+    Rule("ROLE001", "error", "app or login role is superuser or BYPASSRLS", role_bypasses_rls),
+    Rule("ROLE002", "error", "app or login role owns a table in scope", role_owns_table),
+    Rule("ROLE003", "error", "app or login role holds TRUNCATE, TRIGGER or REFERENCES",
+         role_dangerous_privilege),
+    Rule("FK001", "error", "foreign key to an owned parent without user_id", fk_without_owner),
+    Rule("FN001", "error", "SECURITY DEFINER function without a fixed search_path",
+         definer_without_search_path),
+    Rule("VIEW001", "error", "view of the app schema without security_invoker", view_as_owner),
+)  # fmt: skip
+
+
+def run_rules(ctx: Context, rules: tuple[Rule, ...] = RULES) -> list[Finding]:
+    """Every finding of every rule, in rule order."""
+    return [
+        Finding(hit.object, rule.id, rule.severity, hit.message, hit.fix)
+        for rule in rules
+        for hit in rule.check(ctx)
+    ]
