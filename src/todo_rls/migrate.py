@@ -1,4 +1,4 @@
-"""Run this repository's Alembic migrations from Python (the CLI and the tests use it)."""
+"""Run todo-rls's Alembic migrations from Python (the CLI, the pytest plugin and the tests)."""
 
 from pathlib import Path
 
@@ -11,16 +11,36 @@ from sqlalchemy.exc import DBAPIError
 from todo_rls.engine import database_url
 from todo_rls.errors import MigrationPreconditionError
 
-ALEMBIC_INI = Path(__file__).resolve().parents[2] / "alembic.ini"
+# Where the Alembic scripts (env.py, script.py.mako, versions/) are: inside the package when
+# installed from a wheel (pyproject.toml maps migrations/ to todo_rls._migrations), at the
+# repository root in a checkout or an editable install. The packaged copy wins when both exist.
+PACKAGED_MIGRATIONS = Path(__file__).resolve().with_name("_migrations")
+CHECKOUT_MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+
+def migrations_dir() -> Path:
+    """The directory holding env.py and versions/, packaged or in the checkout."""
+    for candidate in (PACKAGED_MIGRATIONS, CHECKOUT_MIGRATIONS):
+        if (candidate / "env.py").is_file() and (candidate / "versions").is_dir():
+            return candidate
+    raise MigrationPreconditionError(
+        f"todo-rls's migrations are in neither {PACKAGED_MIGRATIONS} nor {CHECKOUT_MIGRATIONS}:"
+        " reinstall with pip install --force-reinstall todo-rls"
+        " (or pip install -e . in a checkout)"
+    )
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
-    """Config for alembic.ini at the repository root, optionally bound to a connection."""
-    if not ALEMBIC_INI.is_file():
-        raise MigrationPreconditionError(
-            f"{ALEMBIC_INI} not found: run todo-rls from a checkout installed with pip install -e ."
-        )
-    config = Config(str(ALEMBIC_INI))
+    """Alembic config for todo-rls's migrations, optionally bound to a connection.
+
+    Built in code rather than read from alembic.ini, which a wheel does not ship: upgrade and
+    downgrade need only these two options (alembic.ini's file_template and timezone only name
+    new revision files, which developers create with `alembic revision` in a checkout).
+    """
+    config = Config()
+    # Config values go through configparser interpolation, so a literal % must be doubled.
+    config.set_main_option("script_location", str(migrations_dir()).replace("%", "%%"))
+    config.set_main_option("path_separator", "os")
     if connection is not None:
         config.attributes["connection"] = connection
     return config
