@@ -2,7 +2,6 @@
 
 import os
 import secrets
-import string
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -14,8 +13,9 @@ from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import todo_rls
-from todo_rls import migrate
-from todo_rls.demo import BETTER_AUTH_USER_DDL
+from todo_rls.testing import database
+from todo_rls.testing.database import create_user as create_user  # re-exported ("as"): the
+from todo_rls.testing.database import new_user_id as new_user_id  # tests import them from here
 
 from fix_server import PgServer
 
@@ -23,50 +23,21 @@ from fix_server import PgServer
 APP_LOGIN = "todo_rls_test_app"  # member of todo_app: what a deployment logs in as
 BYPASS_LOGIN = "todo_rls_test_bypass"  # BYPASSRLS member of todo_app: must be refused
 LOGIN_PASSWORD = "todo_rls_test"
-ALPHANUMERIC = string.ascii_letters + string.digits
 
 
-def new_user_id() -> str:
-    """A fresh id shaped like Better Auth's (32 alphanumeric characters)."""
-    return "".join(secrets.choice(ALPHANUMERIC) for _ in range(32))
-
-
-def ensure_login_role(conn: psycopg.Connection[Any], name: str, *attributes: str) -> None:
-    """Create LOGIN role name (if absent) as a member of todo_app."""
-    options = sql.SQL(" ").join(sql.SQL(a) for a in attributes)
-    try:
-        with conn.transaction():
-            conn.execute(
-                sql.SQL("create role {} login {} password {}").format(
-                    sql.Identifier(name), options, sql.Literal(LOGIN_PASSWORD)
-                )
-            )
-    except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
-        pass  # another database of this cluster created it first
-    conn.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(name)))
-
-
-def create_user(conn: psycopg.Connection[Any], user_id: str | None = None) -> str:
-    """Insert a Better Auth user (as the superuser) and return its id."""
-    user_id = user_id or new_user_id()
-    conn.execute(
-        'insert into "user" (id, name, email, "emailVerified") values (%s, %s, %s, true)',
-        (user_id, f"user {user_id[:6]}", f"{user_id}@example.test"),
-    )
-    return user_id
+def ensure_login_role(conn: psycopg.Connection[Any], name: str, *, bypass_rls: bool = False) -> str:
+    """The suite's login role name (with the suite's password), a member of todo_app."""
+    return database.ensure_login_role(conn, name, LOGIN_PASSWORD, bypass_rls=bypass_rls)
 
 
 def load_migrated_template(
     host: str, port: int, user: str, dbname: str, password: str | None = None, **_: Any
 ) -> None:
-    """pytest-postgresql loader: Better Auth's table, then `alembic upgrade head`."""
+    """pytest-postgresql loader: the plugin's migrated database, with the suite's login roles."""
     server = PgServer(host, int(port), user, password)
+    database.migrate_database(server, dbname, login_role=APP_LOGIN, password=LOGIN_PASSWORD)
     with server.connect(dbname, autocommit=True) as conn:
-        conn.execute(BETTER_AUTH_USER_DDL)
-    migrate.upgrade(server.url(dbname).render_as_string(hide_password=False))
-    with server.connect(dbname, autocommit=True) as conn:
-        ensure_login_role(conn, APP_LOGIN)
-        ensure_login_role(conn, BYPASS_LOGIN, "bypassrls")
+        ensure_login_role(conn, BYPASS_LOGIN, bypass_rls=True)
 
 
 # One name per run, so parallel runs against one server never drop each other's databases.
@@ -113,14 +84,7 @@ class AppConnector:
         self.opened: list[psycopg.Connection[Any]] = []
 
     def __call__(self, role: str = APP_LOGIN, **kwargs: Any) -> psycopg.Connection[Any]:
-        conn = psycopg.connect(
-            host=self.server.host,
-            port=self.server.port,
-            user=role,
-            password=LOGIN_PASSWORD,
-            dbname=self.dbname,
-            **kwargs,
-        )
+        conn = self.server.connect(self.dbname, user=role, password=LOGIN_PASSWORD, **kwargs)
         self.opened.append(conn)
         return conn
 

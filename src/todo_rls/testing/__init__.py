@@ -20,16 +20,17 @@ import pytest
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from todo_rls.embedded import start_embedded_server
 from todo_rls.engine import EngineSettings, create_engine
 from todo_rls.errors import TodoRlsError
 from todo_rls.session import scoped_session
 from todo_rls.testing.database import (
     LOGIN_PASSWORD,
     LOGIN_ROLE,
+    SERVER_URL_ENV,
     Server,
     create_user,
     migrate_database,
+    server_from_setting,
 )
 from todo_rls.testing.isolation import RowSpec, assert_owner_isolated, find_leaks
 
@@ -42,7 +43,6 @@ __all__ = [
     "find_leaks",
 ]
 
-SERVER_URL_ENV = "TODO_RLS_TEST_SERVER_URL"
 SessionAs = Callable[..., AbstractContextManager[Session]]
 AssertOwnerIsolated = Callable[..., None]
 
@@ -66,24 +66,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-def _answers(server: Server) -> str | None:
-    try:
-        with server.connect("postgres", connect_timeout=5):
-            return None
-    except psycopg.OperationalError as error:
-        return " ".join(str(error).split())  # libpq breaks its message over lines
-
-
 def _find_server(request: pytest.FixtureRequest) -> Server:
     url = request.config.getoption("rls_server_url") or os.environ.get(SERVER_URL_ENV)
-    if url == "embedded":
+    if url:
         data_dir = request.config.rootpath / ".todo-rls" / "test-pgdata"
         try:
-            return Server.from_url(start_embedded_server(data_dir))
+            return server_from_setting(url, data_dir)
         except TodoRlsError as error:
             pytest.exit(f"todo_rls.testing: {error}", returncode=3)
-    if url:
-        return Server.from_url(url)
     config = _pytest_postgresql().config.get_config(request)
     return Server(
         host=str(config.host),
@@ -97,7 +87,7 @@ def _find_server(request: pytest.FixtureRequest) -> Server:
 def rls_server(request: pytest.FixtureRequest) -> Server:
     """The PostgreSQL server (as its superuser) the rls_ fixtures create databases on."""
     server = _find_server(request)
-    problem = _answers(server)
+    problem = server.unreachable()
     if problem:
         pytest.exit(
             f"todo_rls.testing: no PostgreSQL at {server.host}:{server.port} as {server.user}"

