@@ -38,7 +38,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help='URL allowed to insert into and delete from "user" (the same database as --url): '
         "the run creates its throwaway users there and deletes them, and their tasks, after",
     )
-    parser.add_argument("--users", type=_positive, default=80, help="distinct users (default: 80)")
+    parser.add_argument(
+        "--users",
+        type=_positive,
+        default=80,
+        help="distinct users (default: 80); workers take them round-robin, so at most "
+        "threads + tasks of them act",
+    )
     parser.add_argument("--threads", type=_count, default=16, help="threads (default: 16)")
     parser.add_argument("--tasks", type=_count, default=64, help="asyncio tasks (default: 64)")
     parser.add_argument(
