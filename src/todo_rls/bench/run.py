@@ -150,8 +150,11 @@ def measure_all(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
     return result
 
 
-def _stored_results(folder: Path) -> list[dict[str, Any]]:
-    return [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+def _stored_results(folder: Path, machine: dict[str, Any]) -> list[dict[str, Any]]:
+    """The last result of each scale measured on the same machine and server as this run."""
+    results = [json.loads(path.read_text()) for path in sorted(folder.glob("*.json"))]
+    # A scale measured on another server (say the embedded PostgreSQL 18) is not comparable.
+    return [result for result in results if result["machine"] == machine]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -160,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     result = measure_all(args, scale)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / f"{scale.name}.json").write_text(json.dumps(result, indent=2) + "\n")
-    stored = _stored_results(args.results_dir)
+    stored = _stored_results(args.results_dir, result["machine"])
     result["list_growth"] = list_growth(stored)
     if args.chart:
         chart.draw(stored, args.chart)
