@@ -568,3 +568,94 @@ def test_set_role_the_login_cannot_take_is_refused_naming_the_grant(
             session.connection()
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("table", ["public.user_preference", "private.note"])
+def test_owner_of_any_table_with_row_level_security_is_refused(
+    table: str,
+    pg_server: PgServer,
+    dbname: str,
+    admin: psycopg.Connection[Any],
+    alice: str,
+    create_role: CreateRole,
+) -> None:
+    login = create_role("owner", "login")
+    admin.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(login)))
+    engine = todo_rls.create_engine(url_as(pg_server, dbname, login))
+    schema, name = table.split(".")
+    target = sql.Identifier(schema, name)
+    if schema == "private":  # an app's own owned table, outside the core schema
+        admin.execute("create schema private")
+        admin.execute(sql.SQL("create table {} (user_id text)").format(target))
+        admin.execute(sql.SQL("alter table {} enable row level security").format(target))
+    original = admin.execute(
+        "select pg_get_userbyid(relowner)::text from pg_class where oid = %s::regclass", (table,)
+    ).fetchone()
+    assert original is not None
+    try:
+        with scoped_session(engine, alice) as session:  # positive control: accepted until then
+            assert session.connection().exec_driver_sql("select current_user").scalar() == login
+        engine.dispose()
+        admin.execute(sql.SQL("alter table {} owner to {}").format(target, sql.Identifier(login)))
+        with (
+            scoped_session(engine, alice) as session,
+            pytest.raises(UnsafeRoleError, match=f"'{login}' owns the protected tables"),
+        ):
+            session.connection()
+    finally:
+        engine.dispose()
+        admin.execute(
+            sql.SQL("alter table {} owner to {}").format(target, sql.Identifier(original[0]))
+        )
+        if schema == "private":
+            admin.execute("drop schema private cascade")
+
+
+def test_a_connection_in_a_transaction_is_refused(app_engine: Engine, alice: str) -> None:
+    with app_engine.connect() as conn:
+        with scoped_session(conn, alice) as session:  # positive control: no transaction yet
+            assert_scoped_to(session, alice, set())
+            session.commit()
+        conn.exec_driver_sql("select 1")  # autobegins a transaction the session would join
+        with (
+            pytest.raises(ValueError, match="no transaction open"),
+            scoped_session(conn, alice),
+        ):
+            pass
+        assert conn.exec_driver_sql("select current_setting('app.user_id', true)").scalar() in (
+            None,
+            "",
+        )
+
+
+def test_a_role_left_behind_on_a_pooled_connection_is_checked_at_once(
+    pg_server: PgServer,
+    dbname: str,
+    admin: psycopg.Connection[Any],
+    alice: str,
+    create_role: CreateRole,
+) -> None:
+    # Like a session-level SET ROLE that another client left on a server connection behind a
+    # transaction-mode PgBouncer, after this connection's last role check passed.
+    login = create_role("member", "login")
+    admin.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(login)))
+    engine = todo_rls.create_engine(
+        url_as(pg_server, dbname, login), EngineSettings(pool_size=1, max_overflow=0)
+    )
+    try:
+        with scoped_session(engine, alice) as session:  # positive control: checked, accepted
+            assert session.connection().exec_driver_sql("select current_user").scalar() == login
+        bypassing = create_role("bypassrls", "nologin", "bypassrls")
+        admin.execute(
+            sql.SQL("grant {} to {}").format(sql.Identifier(bypassing), sql.Identifier(login))
+        )
+        with engine.connect() as conn:  # the pool's only connection
+            conn.exec_driver_sql(f'set role "{bypassing}"')
+            conn.commit()
+        with (
+            scoped_session(engine, alice) as session,
+            pytest.raises(UnsafeRoleError, match=f"'{bypassing}' has BYPASSRLS"),
+        ):
+            session.connection()
+    finally:
+        engine.dispose()

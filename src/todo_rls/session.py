@@ -11,7 +11,9 @@ Values are quoted by psycopg.sql.Literal, never by string formatting.
 The role check (is RLS binding this role at all?) is a catalog query the server parses and
 plans every time; `todo-rls bench` measured it at most of the wrapper's cost. So a connection
 runs it on its first scoped transaction and again once ROLE_RECHECK_SECONDS have passed;
-between checks only set_config goes out. The verdict lives in the pool's per-connection info,
+between checks only set_config goes out, with current_user, and a role other than the checked
+one (say a session-level SET ROLE another client left behind a transaction-mode PgBouncer) is
+checked at once. The verdict lives in the pool's per-connection info,
 which dies with the connection (invalidation, pool_recycle, dispose).
 """
 
@@ -38,7 +40,7 @@ _SCOPE_KEY = "todo_rls.scope"
 # How long a pooled connection trusts its last role check: an ALTER ROLE ... BYPASSRLS (or a
 # new table owner) made while the app runs is refused within this many seconds.
 ROLE_RECHECK_SECONDS = 60.0
-_ROLE_CHECKED_KEY = "todo_rls.role_checked_at"  # {set_role: monotonic()} per connection
+_ROLE_CHECKED_KEY = "todo_rls.role_checked"  # {set_role: (monotonic(), role)} per connection
 
 _SET_ROLE = sql.SQL("select pg_catalog.set_config('role', {role}, true)")
 # pg_temp is searched first unless the path names it. Naming it last, for this transaction,
@@ -49,9 +51,12 @@ select pg_catalog.set_config('search_path', pg_catalog.concat_ws(', ',
          nullif(pg_catalog.current_setting('search_path'), ''), 'pg_temp'), true)
 """)
 # Sets the user for this transaction only, and reports whether RLS could be silently off for
-# the effective role: superuser, BYPASSRLS, owner of a protected table, or a member of a role
-# that is any of these (one SET ROLE away).
-_SET_USER = sql.SQL("select pg_catalog.set_config('app.user_id', {user_id}, true)")
+# the effective role: superuser, BYPASSRLS, owner of a table with row-level security (in any
+# schema: an app's own owned tables too), or a member of a role that is any of these (one SET
+# ROLE away).
+_SET_USER = sql.SQL(
+    "select pg_catalog.set_config('app.user_id', {user_id}, true), current_user::text"
+)
 _SET_USER_AND_INSPECT_ROLE = sql.SQL("""
 select pg_catalog.set_config('app.user_id', {user_id}, true),
        r.rolname::text,
@@ -59,8 +64,7 @@ select pg_catalog.set_config('app.user_id', {user_id}, true),
        r.rolbypassrls,
        exists (
          select from pg_catalog.pg_class c
-         where c.relnamespace = 'public'::regnamespace
-           and c.relname in ('task', 'conversation', 'message')
+         where c.relrowsecurity
            and pg_catalog.pg_has_role(r.oid, c.relowner, 'MEMBER')
        ),
        exists (
@@ -156,7 +160,8 @@ def _check_results(
     conn: psycopg.BaseConnection[Any],
     scope: Scope,
     check_role: bool,
-) -> None:
+) -> str:
+    """Raise the first error; with check_role, refuse an unsafe role. The effective role."""
     for result in results:
         if result.status == pq.ExecStatus.FATAL_ERROR:
             error = psycopg.errors.error_from_result(result, encoding=conn.info.encoding)
@@ -168,37 +173,40 @@ def _check_results(
                     f"must run: grant {scope.set_role} to {conn.info.user}"
                 ) from error
             raise error
-    if not check_role:
-        return
     last = results[-1]
     row = [last.get_value(0, column) for column in range(last.nfields)] if last.ntuples else None
-    _check_role(row, scope)
+    if check_role:
+        _check_role(row, scope)
+    return (row[1] or b"").decode() if row else ""
 
 
-def _scope_sync(conn: psycopg.Connection[Any], scope: Scope, check_role: bool) -> None:
+def _scope_sync(conn: psycopg.Connection[Any], scope: Scope, check_role: bool) -> str:
     query = _scope_query(conn, scope, check_role)
     with conn.lock:
         conn.pgconn.send_query(query)
         results = conn.wait(generators.execute(conn.pgconn))
-    _check_results(results, conn, scope, check_role)
+    return _check_results(results, conn, scope, check_role)
 
 
-async def _scope_async(conn: psycopg.AsyncConnection[Any], scope: Scope, check_role: bool) -> None:
+async def _scope_async(conn: psycopg.AsyncConnection[Any], scope: Scope, check_role: bool) -> str:
     query = _scope_query(conn, scope, check_role)
     async with conn.lock:
         conn.pgconn.send_query(query)
         results = await conn.wait(generators.execute(conn.pgconn))
-    _check_results(results, conn, scope, check_role)
+    return _check_results(results, conn, scope, check_role)
 
 
-def _role_check_due(connection_info: dict[Any, Any], scope: Scope) -> bool:
-    checked_at: dict[str | None, float] = connection_info.get(_ROLE_CHECKED_KEY, {})
-    last = checked_at.get(scope.set_role)
-    return last is None or monotonic() - last >= ROLE_RECHECK_SECONDS
+def _checked_role(connection_info: dict[Any, Any], scope: Scope) -> str | None:
+    """The role this connection's last passing check saw, if that check is still fresh."""
+    checked: dict[str | None, tuple[float, str]] = connection_info.get(_ROLE_CHECKED_KEY, {})
+    at, role = checked.get(scope.set_role, (None, None))
+    if at is None or monotonic() - at >= ROLE_RECHECK_SECONDS:
+        return None
+    return role
 
 
-def _role_checked(connection_info: dict[Any, Any], scope: Scope) -> None:
-    connection_info.setdefault(_ROLE_CHECKED_KEY, {})[scope.set_role] = monotonic()
+def _role_checked(connection_info: dict[Any, Any], scope: Scope, role: str) -> None:
+    connection_info.setdefault(_ROLE_CHECKED_KEY, {})[scope.set_role] = (monotonic(), role)
 
 
 class _ScopedSession(Session):
@@ -211,19 +219,32 @@ def _scope_transaction(
 ) -> None:
     scope: Scope = session.info[_SCOPE_KEY]
     pooled = connection.connection  # its .info lives exactly as long as the DBAPI connection
-    check_role = _role_check_due(pooled.info, scope)
     dbapi_connection = pooled.dbapi_connection
     if isinstance(dbapi_connection, psycopg.Connection):
-        _scope_sync(dbapi_connection, scope, check_role)
+        raw = dbapi_connection
+
+        def scope_with(check_role: bool) -> str:
+            return _scope_sync(raw, scope, check_role)
+
     elif isinstance(dbapi_connection, AdaptedConnection):  # the asyncio adapter
-        dbapi_connection.run_async(lambda raw: _scope_async(raw, scope, check_role))
+        adapted = dbapi_connection
+
+        def scope_with(check_role: bool) -> str:
+            return str(adapted.run_async(lambda raw: _scope_async(raw, scope, check_role)))
+
     else:
         raise TypeError(
             "todo_rls needs the psycopg 3 driver: use a postgresql+psycopg:// URL "
             "(todo_rls.create_engine does this for you)"
         )
-    if check_role:  # only a check that passed is remembered
-        _role_checked(pooled.info, scope)
+    checked_role = _checked_role(pooled.info, scope)
+    role = scope_with(check_role=checked_role is None)
+    if checked_role is not None and role != checked_role:
+        # Not the role that was checked: check this one now (one extra round trip, rarely).
+        checked_role = None
+        role = scope_with(check_role=True)
+    if checked_role is None:  # only a check that passed is remembered
+        _role_checked(pooled.info, scope, role)
 
 
 def _scope(user_id: object, set_role: str | None) -> Scope:
@@ -243,6 +264,12 @@ def scoped_session(
     deployments that log in as a role RLS does not bind. kwargs go to Session().
     """
     scope = _scope(user_id, set_role)
+    if isinstance(engine, Connection) and engine.in_transaction():
+        # The session would join that transaction, and app.user_id would outlive the session.
+        raise ValueError(
+            "scoped_session needs an Engine, or a Connection with no transaction open; "
+            "commit or roll back the connection's transaction first"
+        )
     with _ScopedSession(engine, info={_SCOPE_KEY: scope}, **kwargs) as session:
         yield session
 
