@@ -541,6 +541,44 @@ def test_bad_input_gets_422_and_writes_nothing(
     ).fetchone() == (1, 0)
 
 
+def test_an_oversized_body_gets_413_and_writes_nothing(
+    stack: Stack, db: psycopg.Connection[Any], api: httpx.Client
+) -> None:
+    alice = sign_up(stack)
+    chat = api.post("/conversations", json={}, headers=alice.auth)
+    assert chat.status_code == 201  # positive control
+    path = f"/conversations/{chat.json()['id']}/messages"
+    fits = api.post(path, json={"role": "user", "content": "x" * 500_000}, headers=alice.auth)
+    assert fits.status_code == 201
+    too_big = {"role": "user", "content": "x" * 2_000_000}
+    assert api.post(path, json=too_big, headers=alice.auth).status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit counts what streams in
+        yield b'{"role": "user", "content": "'
+        for _ in range(40):
+            yield b"x" * 50_000
+        yield b'"}'
+
+    streamed = api.post(
+        path, content=chunks(), headers={**alice.auth, "Content-Type": "application/json"}
+    )
+    assert streamed.status_code == 413
+    count = db.execute("select count(*) from message where user_id = %s", (alice.user_id,))
+    assert count.fetchone() == (1,)
+
+
+def test_token_errors_tell_the_caller_nothing_about_keys(stack: Stack, api: httpx.Client) -> None:
+    alice = sign_up(stack)
+    header = jwt.get_unverified_header(alice.jwt)
+    forged = jwt.encode(
+        {"sub": alice.user_id}, "k" * 32, algorithm="HS256", headers={"kid": "kid-probe-1234"}
+    )
+    response = api.get("/tasks", headers={"Authorization": f"Bearer {forged}"})
+    _assert_unauthorized(response)
+    assert response.json()["detail"] == "invalid token"
+    assert header["kid"] not in response.text and "kid-probe-1234" not in response.text
+
+
 def test_api_refuses_to_start_as_a_role_rls_does_not_bind(stack: Stack) -> None:
     """The stack's API started as the app role (positive control); as the superuser it exits."""
     assert _answers(f"{stack.api_url}/openapi.json")

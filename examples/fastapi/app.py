@@ -14,6 +14,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 import todo_rls
 from better_auth_jwt import AuthSettings, TokenVerifier, authenticated_user_id
+from body_limit import BodySizeLimit
 from schemas import (
     ConversationIn,
     ConversationOut,
@@ -158,6 +159,7 @@ def create_app() -> FastAPI:
             await engine.dispose()
 
     app = FastAPI(title="todo-rls example", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit)
     app.include_router(router)
     app.add_exception_handler(todo_rls.NotFoundError, _error_response(status.HTTP_404_NOT_FOUND))
     app.add_exception_handler(

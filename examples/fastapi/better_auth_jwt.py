@@ -1,6 +1,7 @@
 """Verify a Better Auth JWT (its `jwt` plugin: EdDSA, keys at /api/auth/jwks) into a user id."""
 
 import asyncio
+import logging
 import os
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -14,6 +15,7 @@ import todo_rls
 # Better Auth's default key pair is Ed25519. Naming the one algorithm accepted keeps out
 # "alg": "none" and HS256-signed-with-the-public-key tokens.
 ALGORITHMS = ["EdDSA"]
+log = logging.getLogger(__name__)
 REQUIRED_CLAIMS = ["exp", "iat", "iss", "aud", "sub"]
 
 
@@ -92,11 +94,14 @@ async def authenticated_user_id(
     try:
         # PyJWKClient fetches with blocking urllib (only when its cache is cold or a kid is new).
         return await asyncio.to_thread(verifier.user_id, credentials.credentials)
+    # Details (a kid, a fetch error) go to the server's log, not to an unauthenticated caller.
     except jwt.PyJWKClientConnectionError as error:
+        log.error("cannot fetch Better Auth's JWKS: %s", error)
         raise HTTPException(
-            status.HTTP_503_SERVICE_UNAVAILABLE, f"cannot fetch Better Auth's JWKS: {error}"
+            status.HTTP_503_SERVICE_UNAVAILABLE, "cannot verify tokens right now"
         ) from error
     except jwt.ExpiredSignatureError as error:
         raise _unauthorized("token expired; get a new one from /api/auth/token") from error
     except (jwt.PyJWTError, todo_rls.InvalidUserIdError) as error:
-        raise _unauthorized(f"invalid token: {error}") from error
+        log.info("refused a token: %s", error)
+        raise _unauthorized("invalid token") from error
