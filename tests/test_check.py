@@ -117,12 +117,12 @@ def test_text_report_groups_findings_by_table(
     task_block = out.index("\npublic.task\n")
     assert message_block < out.index("RLS002") < task_block < out.index("POL001")
     assert "fix:    create policy task_delete on public.task for delete to todo_app using" in out
-    assert "\n2 findings (1 error, 1 warning); 13 rules over " in out
+    assert f"\n2 findings (1 error, 1 warning); {len(RULES)} rules over " in out
 
 
 def test_the_rule_table_lists_each_rule_once() -> None:
     ids = [rule.id for rule in RULES]
-    assert len(ids) == len(set(ids)) == 13
+    assert len(ids) == len(set(ids)) == 18
     assert {rule.severity for rule in RULES} == {"error", "warning"}
 
 
@@ -150,7 +150,8 @@ def test_table_without_rls_is_found(
 def test_allowlisted_table_without_user_id_is_not_found(
     capsys: pytest.CaptureFixture[str], admin: psycopg.Connection[Any], app_login_url: str
 ) -> None:
-    admin.execute("create table public.lookup (id int)")
+    # Readable by the app: --allow exempts a table you name from READ001 too.
+    admin.execute("create table public.lookup (id int); grant select on public.lookup to todo_app")
     assert run_check(capsys, app_login_url)[0] == 1  # positive control: found without --allow
     assert run_check(capsys, app_login_url, "--allow", "lookup")[0] == 0
 
@@ -181,6 +182,15 @@ FAIL_OPEN = {
     "no-nullif": "user_id = (select pg_catalog.current_setting('app.user_id', true))",
     "one-argument": "user_id = (select nullif(pg_catalog.current_setting('app.user_id'), ''))",
     "other-setting": "user_id = (select nullif(pg_catalog.current_setting('app.uid', true), ''))",
+    # Same first character = same owner: the canonical tokens wrapped in narrowing casts.
+    "char-prefix": 'user_id::"char" = (select nullif('
+    "pg_catalog.current_setting('app.user_id', true), ''))::\"char\"",
+    "varchar-1": "user_id::varchar(1) = (select nullif("
+    "pg_catalog.current_setting('app.user_id', true), ''))::varchar(1)",
+    "cast-inside-typmod": "user_id = (select nullif("
+    "pg_catalog.current_setting('app.user_id', true), '')::varchar(1))",
+    "name-cast": "user_id::name = (select nullif("
+    "pg_catalog.current_setting('app.user_id', true), '')::name)",
 }
 
 
@@ -188,6 +198,29 @@ FAIL_OPEN = {
 def test_fail_open_using_is_found(breaks: Breaks, predicate: str) -> None:
     statement = f"alter policy task_select on task using ({predicate})"
     assert breaks(statement) == [("POL003", "public.task")]
+
+
+def test_owner_column_with_a_case_insensitive_collation_is_found(breaks: Breaks) -> None:
+    # The policy text is canonical; the column's collation makes 'ALICE' equal 'alice'.
+    statement = (
+        "create collation public.ci (provider = icu, locale = 'und-u-ks-level2', "
+        "deterministic = false); "
+        "create table public.note (id int, user_id text collate public.ci); "
+        "alter table public.note enable row level security, force row level security; "
+        "grant select, insert, update, delete on public.note to todo_app; "
+        + "; ".join(
+            f"create policy note_{command} on public.note for {command} to todo_app {clauses}"
+            for command, clauses in (
+                ("select", f"using ({CANONICAL})"),
+                ("insert", f"with check ({CANONICAL})"),
+                ("update", f"using ({CANONICAL}) with check ({CANONICAL})"),
+                ("delete", f"using ({CANONICAL})"),
+            )
+        )
+    )
+    findings = breaks(statement)
+    assert set(findings) == {("POL003", "public.note")}
+    assert len(findings) == 5  # every clause of the four policies
 
 
 def test_fail_open_with_check_is_found(breaks: Breaks) -> None:
@@ -210,6 +243,28 @@ def test_setting_outside_a_sub_select_is_found(breaks: Breaks) -> None:
     assert breaks(statement) == [("POL005", "public.task")]
 
 
+def test_leaky_function_in_a_restrictive_policy_is_found(breaks: Breaks) -> None:
+    # Restrictive policies are ANDed in, but a function in one sees every row first.
+    statement = (
+        "create function public.audit_row(owner text, title text) returns boolean "
+        "language plpgsql as $$ begin raise notice '% %', owner, title; return true; end $$; "
+        "create policy task_audit on task as restrictive for select to todo_app "
+        "using (public.audit_row(user_id, title))"
+    )
+    assert breaks(statement) == [("POL006", "public.task")]
+
+
+def test_leaky_operator_in_a_policy_is_found(breaks: Breaks) -> None:
+    statement = (
+        "create function public.peek(a text, b text) returns boolean language plpgsql "
+        "as $$ begin raise notice '%', a; return a = b; end $$; "
+        "create operator public.=== (function = public.peek, leftarg = text, rightarg = text); "
+        "create policy task_peek on task as restrictive for select to todo_app "
+        "using (title operator(public.===) title)"
+    )
+    assert breaks(statement) == [("POL006", "public.task")]
+
+
 # --- roles ---------------------------------------------------------------------------------
 
 
@@ -221,6 +276,18 @@ def test_login_role_that_bypasses_rls_is_found(
     admin.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(member)))
     alter = f'alter role "{member}" {attribute}'
     assert breaks(alter, "--login-role", member) == [("ROLE001", f"role {member}")]
+
+
+@pytest.mark.parametrize("attribute", ["bypassrls", "superuser"])
+def test_login_role_member_of_a_bypassing_role_is_found(
+    breaks: Breaks, admin: psycopg.Connection[Any], create_role: CreateRole, attribute: str
+) -> None:
+    # Neon's console roles: no attribute of their own, but members of neon_superuser.
+    bypass = create_role("bypass", "nologin", attribute)
+    member = create_role("member", "login")
+    admin.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(member)))
+    grant = f'grant "{bypass}" to "{member}"'
+    assert breaks(grant, "--login-role", member) == [("ROLE001", f"role {member}")]
 
 
 def test_login_members_of_the_app_role_are_checked_by_default(
@@ -257,6 +324,15 @@ def test_app_role_with_dangerous_privilege_is_found(breaks: Breaks, privilege: s
     assert breaks(statement) == [("ROLE003", "public.message")]
 
 
+def test_column_level_references_is_found(breaks: Breaks) -> None:
+    statement = "grant references (id, user_id) on task to todo_app"
+    assert breaks(statement) == [("ROLE003", "public.task")]
+
+
+def test_create_on_the_app_schema_is_found(breaks: Breaks) -> None:
+    assert breaks("grant create on schema public to todo_app") == [("ROLE003", "schema public")]
+
+
 def test_dangerous_privilege_of_a_login_role_alone_is_found(
     breaks: Breaks, admin: psycopg.Connection[Any], create_role: CreateRole
 ) -> None:
@@ -287,7 +363,9 @@ def test_security_definer_function_without_search_path_is_found(breaks: Breaks) 
         "create function public.count_tasks(who text) returns bigint language sql "
         "security definer as $$ select count(*) from public.task where user_id = who $$"
     )
-    assert breaks(statement) == [("FN001", "function public.count_tasks(who text)")]
+    # Owned by the test's superuser and executable by PUBLIC: FN002 too.
+    function = "function public.count_tasks(who text)"
+    assert breaks(statement) == [("FN001", function), ("FN002", function)]
 
 
 def test_view_without_security_invoker_is_found(breaks: Breaks) -> None:
@@ -295,15 +373,122 @@ def test_view_without_security_invoker_is_found(breaks: Breaks) -> None:
     assert breaks(statement) == [("VIEW001", "public.open_task")]
 
 
+DEFINER = (
+    "create function {name}() returns table(user_id text, title text) language sql "
+    "security definer set search_path = pg_catalog as 'select user_id, title from public.task'"
+)
+
+
+@pytest.mark.parametrize("name", ["public.all_titles", "api.all_titles"])
+def test_definer_function_of_a_superuser_the_app_can_run_is_found(
+    breaks: Breaks, name: str
+) -> None:
+    # Owned by the test's superuser and executable by PUBLIC, as every new function is.
+    statement = "create schema api; grant usage on schema api to todo_app; "
+    assert breaks(statement + DEFINER.format(name=name)) == [("FN002", f"function {name}()")]
+
+
+def test_definer_function_of_a_table_owner_is_found(
+    breaks: Breaks, admin: psycopg.Connection[Any], create_role: CreateRole, table_owner: str
+) -> None:
+    try:
+        statement = f"{DEFINER.format(name='public.all_titles')}; "
+        statement += f'alter function public.all_titles() owner to "{table_owner}"'
+        findings = breaks(statement)
+    finally:  # the scratch role is dropped after the test: it must own nothing by then
+        admin.execute("drop function if exists public.all_titles()")
+    assert findings == [("FN002", "function public.all_titles()")]
+
+
+def test_definer_function_of_a_plain_role_is_not_found(
+    capsys: pytest.CaptureFixture[str],
+    admin: psycopg.Connection[Any],
+    app_login_url: str,
+    create_role: CreateRole,
+) -> None:
+    plain = create_role("plain")  # no bypass, owns no protected table: policies bind it
+    admin.execute(DEFINER.format(name="public.all_titles").encode())
+    try:
+        assert run_check(capsys, app_login_url)[0] == 1  # positive control: superuser's is found
+        admin.execute(
+            sql.SQL("alter function public.all_titles() owner to {}").format(sql.Identifier(plain))
+        )
+        code, report = run_check(capsys, app_login_url)
+    finally:
+        admin.execute("drop function public.all_titles()")
+    assert (code, found(report)) == (0, [])
+
+
+READABLE = {
+    "materialized-view": (
+        "create materialized view public.task_titles as select user_id, title from task; "
+        "grant select on public.task_titles to todo_app",
+        "public.task_titles",
+    ),
+    "view-outside-the-schema": (
+        "create schema api; grant usage on schema api to todo_app; "
+        "create view api.tasks as select * from public.task; grant select on api.tasks to todo_app",
+        "api.tasks",
+    ),
+    "better-auth-table": ('grant select on public."user" to todo_app', 'public."user"'),
+    "column-grant": ('grant select ("email") on public."user" to todo_app', 'public."user"'),
+    "write-grant": ('grant insert on public."user" to todo_app', 'public."user"'),
+    "through-public": (
+        "grant select on public.alembic_version to public",
+        "public.alembic_version",
+    ),
+}
+
+
+@pytest.mark.parametrize(("statement", "relation"), READABLE.values(), ids=READABLE.keys())
+def test_relation_the_app_can_read_past_rls_is_found(
+    breaks: Breaks, statement: str, relation: str
+) -> None:
+    assert breaks(statement) == [("READ001", relation)]
+
+
+def test_database_default_for_the_user_setting_is_found(
+    breaks: Breaks, admin: psycopg.Connection[Any]
+) -> None:
+    database = admin.info.dbname
+    statement = f"alter database \"{database}\" set app.user_id = 'aliceID'"
+    assert breaks(statement) == [("SET001", f"database {database}")]
+
+
+def test_login_role_default_for_the_user_setting_is_found(
+    breaks: Breaks, admin: psycopg.Connection[Any], create_role: CreateRole
+) -> None:
+    member = create_role("member", "login")
+    admin.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(member)))
+    statement = f'alter role "{member}" in database "{admin.info.dbname}" set app.user_id = \'x\''
+    assert breaks(statement, "--login-role", member) == [("SET001", f"role {member}")]
+
+
+@pytest.mark.parametrize("setting", ["search_path = public, pg_catalog", "row_security = off"])
+def test_database_default_for_search_path_or_row_security_is_found(
+    breaks: Breaks, admin: psycopg.Connection[Any], setting: str
+) -> None:
+    database = admin.info.dbname
+    statement = f'alter database "{database}" set {setting}'
+    assert breaks(statement) == [("SET002", f"database {database}")]
+
+
 SAFE_OBJECTS = {
-    "definer-with-search-path": "create function public.f() returns int language sql "
-    "security definer set search_path = '' as $$ select 1 $$",
+    "definer-the-app-cannot-run": "create function public.f() returns int language sql "
+    "security definer set search_path = '' as $$ select 1 $$; "
+    "revoke execute on function public.f() from public",
     "invoker-view": "create view public.open_task with (security_invoker = true) as "
     "select * from task where not completed",
     "restrictive-extra-policy": "create policy task_not_blank on task as restrictive "
     "for select to todo_app using (title <> '')",
-    "uuid-cast-inside": "alter policy task_select on task using (user_id = "
-    "(select nullif(pg_catalog.current_setting('app.user_id', true), '')::varchar(32)))",
+    "text-cast-inside": "alter policy task_select on task using (user_id = "
+    "(select nullif(pg_catalog.current_setting('app.user_id', true), '')::text))",
+    "invoker-view-outside-the-schema": "create schema api; grant usage on schema api to todo_app; "
+    "create view api.tasks with (security_invoker = true) as select * from public.task; "
+    "grant select on api.tasks to todo_app",
+    "leakproof-function-in-policy": "create function public.same(a text, b text) returns boolean "
+    "language sql immutable leakproof as 'select a = b'; create policy task_same on task "
+    "as restrictive for select to todo_app using (public.same(title, title))",
 }
 
 
@@ -319,6 +504,14 @@ def test_safe_variants_give_no_finding(
     assert (code, found(report)) == (0, [])
 
 
+def test_unrelated_database_default_is_not_found(
+    capsys: pytest.CaptureFixture[str], admin: psycopg.Connection[Any], app_login_url: str
+) -> None:
+    admin.execute(f"alter database \"{admin.info.dbname}\" set work_mem = '8MB'".encode())
+    code, report = run_check(capsys, app_login_url)
+    assert (code, found(report)) == (0, [])
+
+
 # --- predicates, without a database --------------------------------------------------------
 
 PRINTED = "(user_id = ( SELECT NULLIF(current_setting('app.user_id'::text, true), ''::text) AS \"nullif\"))"  # noqa: E501
@@ -327,6 +520,27 @@ PRINTED = "(user_id = ( SELECT NULLIF(current_setting('app.user_id'::text, true)
 def test_canonical_predicate_as_postgresql_prints_it() -> None:
     assert shape(PRINTED) is Shape.CANONICAL
     assert not has_bare_setting(PRINTED)
+
+
+CASTS = {
+    "char": '(user_id)::"char"',
+    "varchar-typmod": "(user_id)::character varying(1)",
+    "text-typmod": "(user_id)::text(1)",
+    "text-array": "(user_id)::text[]",
+    "bpchar": "(user_id)::bpchar",
+    "name": "(user_id)::name",
+    "qualified-char": '(user_id)::pg_catalog."char"',
+}
+
+
+@pytest.mark.parametrize("column", CASTS.values(), ids=CASTS.keys())
+def test_a_cast_other_than_text_is_not_canonical(column: str) -> None:
+    assert shape(PRINTED.replace("(user_id", f"({column}", 1)) is Shape.OTHER
+
+
+def test_a_text_cast_is_canonical() -> None:
+    qualified = PRINTED.replace("(user_id", "((user_id)::pg_catalog.text", 1)
+    assert shape(qualified) is Shape.CANONICAL
 
 
 def test_a_look_alike_function_from_another_schema_is_not_canonical() -> None:

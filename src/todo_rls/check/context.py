@@ -9,6 +9,9 @@ from todo_rls.errors import TodoRlsError
 
 Conn = psycopg.Connection[tuple[Any, ...]]
 
+# Better Auth's tables (no user_id; its server reads them as their owner) and Alembic's.
+DEFAULT_ALLOW = ("user", "session", "account", "verification", "jwks", "alembic_version")
+
 
 class CheckSetupError(TodoRlsError):
     """The options of `todo-rls check` name a role or schema the database does not have."""

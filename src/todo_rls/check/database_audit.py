@@ -4,15 +4,14 @@ from collections.abc import Sequence
 
 import psycopg
 
-from todo_rls.check.context import Conn, Context, load_context
+from todo_rls.check.context import DEFAULT_ALLOW, Conn, Context, load_context
 from todo_rls.check.findings import Finding
 from todo_rls.check.rules import run_rules
 from todo_rls.engine import database_url
 
 DEFAULT_SCHEMA = "public"
 DEFAULT_APP_ROLE = "todo_app"
-# Better Auth's tables (no user_id; its server reads them as their owner) and Alembic's.
-DEFAULT_ALLOW = ("user", "session", "account", "verification", "jwks", "alembic_version")
+__all__ = ["DEFAULT_ALLOW", "DEFAULT_APP_ROLE", "DEFAULT_SCHEMA", "audit", "connect"]
 CONNECT_TIMEOUT = 10  # seconds: long enough for a suspended Neon compute to wake
 
 

@@ -4,6 +4,9 @@ from dataclasses import dataclass
 
 from todo_rls.check.context import Context
 
+# Per clause: is the stored predicate (pg_node_tree), at its top, text equality (texteq, oid
+# 98) under a deterministic collation? That is what the canonical check is once parsed; its
+# text can look canonical while user_id has a case-insensitive collation ('ALICE' = 'alice').
 # Every policy on a table in scope; applies = it binds the app role or one of its login roles
 # (named, through membership, or as PUBLIC).
 _POLICIES = """
@@ -12,7 +15,16 @@ _POLICIES = """
            exists (select from unnest(p.polroles) r(oid), unnest(%(roles)s::oid[]) a(oid)
                    where r.oid <> 0 and pg_catalog.pg_has_role(a.oid, r.oid, 'MEMBER')),
            pg_catalog.pg_get_expr(p.polqual, p.polrelid),
-           pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid)
+           pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid),
+           coalesce(p.polqual::text ~ '^\\{OPEXPR :opno 98 ' and (
+             select c.collisdeterministic from pg_catalog.pg_collation c
+             where c.oid = pg_catalog.substring(p.polqual::text, ':inputcollid (\\d+) ')::oid),
+             false),
+           coalesce(p.polwithcheck::text ~ '^\\{OPEXPR :opno 98 ' and (
+             select c.collisdeterministic from pg_catalog.pg_collation c
+             where c.oid = pg_catalog.substring(p.polwithcheck::text, ':inputcollid (\\d+) ')::oid),
+             false),
+           p.oid::int
     from pg_catalog.pg_policy p
     where p.polrelid = any(%(tables)s::oid[])
     order by 1, 2
@@ -31,6 +43,9 @@ class Policy:
     to_app: bool
     using: str | None
     check: str | None
+    using_is_text_equality: bool
+    check_is_text_equality: bool
+    oid: int
 
     @property
     def applies(self) -> bool:

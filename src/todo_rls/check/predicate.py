@@ -15,8 +15,10 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
-# Words that continue a multi-word type name after `::` (character varying, time zone, ...).
-_TYPE_WORDS = frozenset({"varying", "precision", "with", "without", "time", "zone"})
+# The one cast the canonical check may carry (pg_get_expr prints it on every literal): text to
+# text changes nothing. Any other type ("char", name, varchar(1), bpchar...) can compare a
+# prefix, a case-folded or trimmed id, so it is kept as a token and never matches.
+_TEXT_CASTS = (["text"], ["pg_catalog", ".", "text"])
 
 # The owner check every policy should use, as SQL for the fixes the rules print.
 CANONICAL_SQL = "user_id = (select nullif(pg_catalog.current_setting('app.user_id', true), ''))"
@@ -40,35 +42,32 @@ def tokens(expression: str) -> list[str]:
     return [t if t[0] in "'\"" else t.lower() for t in _TOKEN.findall(expression)]
 
 
-def _skip_type(tokens: list[str], i: int) -> int:
-    """Index just past the type name that starts at tokens[i] (after a `::`)."""
-    i += 1  # the type's first word
-    while i < len(tokens):
-        if tokens[i] == "." and i + 1 < len(tokens):  # schema-qualified: pg_catalog.text
-            i += 2
-        elif tokens[i] in _TYPE_WORDS or tokens[i] in ("[", "]"):
-            i += 1
-        elif tokens[i] == "(" and ")" in tokens[i:]:  # a type modifier: varchar(32)
-            i = tokens.index(")", i) + 1
-        else:
-            break
-    return i
+def _text_cast_end(tokens: list[str], i: int) -> int | None:
+    """Index just past `text` or `pg_catalog.text` at tokens[i] (after a `::`), else None.
+
+    A following `(` (a type modifier) or `[` (an array) makes it another type: None.
+    """
+    for cast in _TEXT_CASTS:
+        end = i + len(cast)
+        if tokens[i:end] == cast and tokens[end : end + 1] not in (["("], ["["]):
+            return end
+    return None
 
 
 def normalize(expression: str) -> tuple[str, ...]:
-    """Tokens without parentheses, casts, pg_catalog qualifiers or a sub-select's column alias.
+    """Tokens without parentheses, `::text` casts, pg_catalog qualifiers or a sub-select's alias.
 
     Dropping parentheses cannot make two different predicates equal here: the canonical tokens
-    admit only one parse. A function from another schema keeps its qualifier and so never
-    matches (public.current_setting is not pg_catalog's).
+    admit only one parse. Every other cast keeps its tokens, and a function from another schema
+    its qualifier (public.current_setting is not pg_catalog's), so neither ever matches.
     """
     raw = tokens(expression)
     out: list[str] = []
     i = 0
     while i < len(raw):
         part = raw[i]
-        if part == "::":
-            i = _skip_type(raw, i + 1)
+        if part == "::" and (end := _text_cast_end(raw, i + 1)) is not None:
+            i = end
             continue
         if part == "pg_catalog" and raw[i + 1 : i + 2] == ["."]:
             i += 2

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from todo_rls.check.context import Context
 from todo_rls.check.findings import Finding, Hit, Severity
+from todo_rls.check.rules_access import definer_of_a_bypassing_owner, readable_past_rls
 from todo_rls.check.rules_objects import (
     definer_without_search_path,
     fk_without_owner,
@@ -13,11 +14,13 @@ from todo_rls.check.rules_objects import (
 from todo_rls.check.rules_policies import (
     command_without_policy,
     fail_open_predicate,
+    leaky_function_in_policy,
     policy_for_public,
     setting_per_row,
     update_without_check,
 )
 from todo_rls.check.rules_roles import role_bypasses_rls, role_dangerous_privilege, role_owns_table
+from todo_rls.check.rules_settings import session_setting_default, user_setting_default
 from todo_rls.check.rules_tables import rls_disabled, rls_not_forced
 
 
@@ -41,14 +44,24 @@ RULES: tuple[Rule, ...] = (
     Rule("POL004", "warning", "UPDATE or ALL policy without WITH CHECK", update_without_check),
     Rule("POL005", "warning", "current_setting outside a sub-select (evaluated per row)",
          setting_per_row),
-    Rule("ROLE001", "error", "app or login role is superuser or BYPASSRLS", role_bypasses_rls),
+    Rule("POL006", "error", "policy calls a user function that is not LEAKPROOF",
+         leaky_function_in_policy),
+    Rule("ROLE001", "error", "app or login role is (a member of a) superuser or BYPASSRLS role",
+         role_bypasses_rls),
     Rule("ROLE002", "error", "app or login role owns a table in scope", role_owns_table),
-    Rule("ROLE003", "error", "app or login role holds TRUNCATE, TRIGGER or REFERENCES",
+    Rule("ROLE003", "error", "app or login role holds TRUNCATE, TRIGGER, REFERENCES or CREATE",
          role_dangerous_privilege),
     Rule("FK001", "error", "foreign key to an owned parent without user_id", fk_without_owner),
     Rule("FN001", "error", "SECURITY DEFINER function without a fixed search_path",
          definer_without_search_path),
+    Rule("FN002", "error", "SECURITY DEFINER function of a bypassing owner the app can run",
+         definer_of_a_bypassing_owner),
     Rule("VIEW001", "error", "view of the app schema without security_invoker", view_as_owner),
+    Rule("READ001", "error", "relation the app can read or write without forced RLS",
+         readable_past_rls),
+    Rule("SET001", "error", "database or role default for app.user_id", user_setting_default),
+    Rule("SET002", "warning", "database or role default for search_path or row_security",
+         session_setting_default),
 )  # fmt: skip
 
 

@@ -1,4 +1,4 @@
-"""Rules POL001-POL005: each command has a policy for the app role, in the canonical form."""
+"""Rules POL001-POL006: each command has a policy for the app role, in the canonical form."""
 
 from collections.abc import Iterator
 
@@ -20,14 +20,17 @@ def _alter_policy(ctx: Context, policy: Policy, message: str, change: str) -> Hi
     return Hit(table, message, f"alter policy {policy.name} on {table} {change};")
 
 
-def _predicates(ctx: Context, permissive_only: bool) -> Iterator[tuple[Policy, str, str]]:
-    """(policy, clause, expression) for each USING / WITH CHECK of the app's policies."""
+def _predicates(ctx: Context, permissive_only: bool) -> Iterator[tuple[Policy, str, str, bool]]:
+    """(policy, clause, expression, is text equality) per USING / WITH CHECK of the app's."""
     for policy in policies(ctx):
         if not policy.applies or (permissive_only and not policy.permissive):
             continue
-        for clause, expression in (("USING", policy.using), ("WITH CHECK", policy.check)):
+        for clause, expression, text_equality in (
+            ("USING", policy.using, policy.using_is_text_equality),
+            ("WITH CHECK", policy.check, policy.check_is_text_equality),
+        ):
             if expression is not None:
-                yield policy, clause, expression
+                yield policy, clause, expression, text_equality
 
 
 def _make_canonical(ctx: Context, policy: Policy, clause: str, problem: str) -> Hit:
@@ -68,16 +71,26 @@ def policy_for_public(ctx: Context) -> Iterator[Hit]:
 
 
 def fail_open_predicate(ctx: Context) -> Iterator[Hit]:
-    """Permissive predicates other than the canonical owner check (restrictive ones only narrow)."""
-    for policy, clause, expression in _predicates(ctx, permissive_only=True):
+    """Permissive predicates other than the canonical owner check, as text and as parsed.
+
+    Restrictive policies are ANDed with a permissive one, so a loose restrictive predicate
+    grants nothing; a function inside one is POL006's business.
+    """
+    for policy, clause, expression, text_equality in _predicates(ctx, permissive_only=True):
         if shape(expression) is Shape.OTHER:
-            yield _make_canonical(
-                ctx,
-                policy,
-                clause,
-                f"{expression} is not the canonical owner check; "
-                "it may be always true or true when app.user_id is unset or ''",
+            problem = (
+                f"{expression} is not the canonical owner check; it may be always true, true "
+                "when app.user_id is unset or '', or compare only part of the id"
             )
+        elif not text_equality:
+            problem = (
+                f"{expression} reads as the owner check, but PostgreSQL does not compare it as "
+                "text equality under a deterministic collation (a case-insensitive collation "
+                "on user_id makes 'ALICE' equal 'alice')"
+            )
+        else:
+            continue
+        yield _make_canonical(ctx, policy, clause, problem)
 
 
 def update_without_check(ctx: Context) -> Iterator[Hit]:
@@ -95,7 +108,7 @@ def update_without_check(ctx: Context) -> Iterator[Hit]:
 
 def setting_per_row(ctx: Context) -> Iterator[Hit]:
     """Predicates calling current_setting outside a sub-select: evaluated once per row."""
-    for policy, clause, expression in _predicates(ctx, permissive_only=False):
+    for policy, clause, expression, _ in _predicates(ctx, permissive_only=False):
         if has_bare_setting(expression):
             yield _make_canonical(
                 ctx,
@@ -104,3 +117,39 @@ def setting_per_row(ctx: Context) -> Iterator[Hit]:
                 "calls current_setting outside a sub-select, "
                 "so it runs once per row instead of once per statement",
             )
+
+
+# Functions a policy calls, directly or as an operator's implementation, from outside
+# pg_catalog and not LEAKPROOF. The planner may run them on every row before the owner check
+# (restrictive or not), so a NOTICE, an error message or a side table can leak others' rows.
+_POLICY_FUNCTIONS = """
+    select distinct d.objid::int,
+           pg_catalog.format('%%I.%%I(%%s)', n.nspname, f.proname,
+                             pg_catalog.pg_get_function_identity_arguments(f.oid))
+    from pg_catalog.pg_depend d
+    left join pg_catalog.pg_operator o
+      on d.refclassid = 'pg_catalog.pg_operator'::pg_catalog.regclass and o.oid = d.refobjid
+    join pg_catalog.pg_proc f
+      on f.oid = case when d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                      then d.refobjid else o.oprcode::oid end
+    join pg_catalog.pg_namespace n on n.oid = f.pronamespace
+    where d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass
+      and d.objid = any(%(policies)s::oid[])
+      and n.nspname <> 'pg_catalog' and not f.proleakproof
+    order by 1, 2
+"""
+
+
+def leaky_function_in_policy(ctx: Context) -> Iterator[Hit]:
+    """User functions in the app's policies (restrictive too) that are not LEAKPROOF."""
+    applying = {policy.oid: policy for policy in policies(ctx) if policy.applies}
+    params = {"policies": list(applying)}
+    for policy_oid, function in ctx.conn.execute(_POLICY_FUNCTIONS, params):
+        policy = applying[policy_oid]
+        yield Hit(
+            ctx.table(policy.table).name,
+            f"{_on(ctx, policy)} calls {function}, which is not LEAKPROOF: it can see every "
+            "row before the owner check filters it (a NOTICE or error message leaks it)",
+            f"rewrite {policy.name} with built-in operators only, or, once audited to reveal "
+            f"nothing about its arguments, alter function {function} leakproof; (superuser)",
+        )
