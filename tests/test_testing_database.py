@@ -1,10 +1,12 @@
 """todo_rls.testing.database, which the plugin and this suite's fixtures share: login roles are
-made as asked and an existing wrong one is refused untouched; the server helpers."""
+made as asked, and an existing wrong one, or one that can SET ROLE past RLS, is refused
+untouched; the server helpers."""
 
 import re
 import secrets
 import socket
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +93,73 @@ def test_an_existing_role_without_the_asked_attributes_is_refused_untouched(
     # Not granted todo_app, attributes as they were: nothing half-written.
     assert role_facts(admin, name) == before
     assert before[3] is False
+
+
+def test_a_password_valid_for_a_while_expires(
+    admin: psycopg.Connection[Any], new_role: str
+) -> None:
+    ensure_login_role(admin, new_role, PASSWORD, valid_for=timedelta(hours=2))
+    window = admin.execute(
+        "select rolvaliduntil > now() + interval '1 hour',"
+        " rolvaliduntil <= now() + interval '2 hours'"
+        " from pg_catalog.pg_roles where rolname = %s",
+        (new_role,),
+    ).fetchone()
+    assert window == (True, True)
+
+
+def grant(admin: psycopg.Connection[Any], role: str, to: str) -> None:
+    admin.execute(sql.SQL("grant {} to {}").format(sql.Identifier(role), sql.Identifier(to)))
+
+
+@pytest.mark.parametrize("through_a_group", [False, True], ids=["direct", "through a group"])
+@pytest.mark.parametrize(
+    ("kind", "why"),
+    [
+        ("bypassrls", "BYPASSRLS"),  # Neon's console roles: members of neon_superuser
+        ("superuser", "a superuser"),
+        ("owner", "owner of tables with row level security"),
+    ],
+)
+def test_a_role_that_can_set_role_past_rls_is_refused_untouched(
+    admin: psycopg.Connection[Any],
+    create_role: CreateRole,
+    table_owner: str,
+    kind: str,
+    why: str,
+    through_a_group: bool,
+) -> None:
+    login = create_role("login", "login")
+    escape = table_owner if kind == "owner" else create_role("escape", "nologin", kind)
+    member = create_role("group", "nologin") if through_a_group else login
+    grant(admin, escape, member)
+    if through_a_group:
+        grant(admin, member, login)
+    before = role_facts(admin, login)
+    with pytest.raises(UnsafeRoleError) as refused:
+        ensure_login_role(admin, login, PASSWORD, valid_for=timedelta(days=1))
+    assert f"role {login} can SET ROLE to a role" in str(refused.value)
+    assert f"revoke {escape} from {member} ({why})" in str(refused.value)
+    # One transaction: not granted todo_app, no password or expiry set.
+    assert role_facts(admin, login) == before
+    assert before[3] is False
+    expiry = admin.execute(
+        "select rolvaliduntil from pg_catalog.pg_roles where rolname = %s", (login,)
+    ).fetchone()
+    assert expiry == (None,)
+    # The fix it names works.
+    admin.execute(
+        sql.SQL("revoke {} from {}").format(sql.Identifier(escape), sql.Identifier(member))
+    )
+    assert ensure_login_role(admin, login, PASSWORD) == login
+
+
+def test_a_role_that_owns_a_table_with_rls_is_refused(
+    admin: psycopg.Connection[Any], table_owner: str
+) -> None:
+    admin.execute(sql.SQL("alter role {} login").format(sql.Identifier(table_owner)))
+    with pytest.raises(UnsafeRoleError, match=r"alter table task owner to <the migrations' role>"):
+        ensure_login_role(admin, table_owner, PASSWORD)
 
 
 def test_unreachable_says_why_or_none(pg_server: PgServer) -> None:

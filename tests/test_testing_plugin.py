@@ -1,6 +1,7 @@
 """todo_rls.testing: its fixtures work, and assert_owner_isolated passes on an isolated table
 and fails, naming table, command and actor, on every weakened copy of it."""
 
+import re
 import socket
 import textwrap
 import uuid
@@ -10,7 +11,8 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from todo_rls.testing import LOGIN_ROLE, assert_owner_isolated
+from todo_rls.testing import LoginRole, assert_owner_isolated
+from todo_rls.testing.database import LOGIN_ROLE_PREFIX, is_local_host
 
 from fix_server import PgServer
 
@@ -118,6 +120,70 @@ def test_a_weakened_copy_fails_naming_table_command_and_actor(
     assert not missing, f"not reported: {missing}\n{failed.value}"
 
 
+# Policies that compare less than the whole id: a random other user passes them almost every
+# time (review M3), a user whose id is a near miss of the owner's never does. Each policy is
+# put on every command; the lines name the near miss that defeats it.
+SETTING = "(select nullif(pg_catalog.current_setting('app.user_id', true), ''))"
+LOOSE_COMPARISONS = {
+    # Review H1: "char" is the first byte, so any id starting with the owner's letter reads.
+    "first character": (
+        f'(user_id)::"char" = ({SETTING})::"char"',
+        [
+            "note: select all as a user whose id differs from the owner's only in its last"
+            " character reached 1 row(s)",
+            "note: select by key as a user whose id is a prefix of the owner's reached 1 row(s)",
+            "note: delete all as a user whose id is the owner's plus a suffix reached 1 row(s)",
+            "note: re-own to itself as a user whose id is the owner's plus a trailing space"
+            " reached 1 row(s)",
+            "note: insert claiming someone else as a user whose id differs from the owner's only"
+            " in its last character reached 1 row(s)",
+        ],
+    ),
+    "case-insensitive": (
+        f"lower(user_id) = lower({SETTING})",
+        [
+            "note: select all as a user whose id is the owner's in another letter case reached"
+            " 1 row(s)",
+            "note: upsert over the owner's row as a user whose id is the owner's in another"
+            " letter case reached 1 row(s)",
+            "note: insert claiming someone else as a user whose id is the owner's in another"
+            " letter case reached 1 row(s)",
+        ],
+    ),
+    "trimmed": (
+        f"user_id = rtrim({SETTING})",
+        ["note: copy to as a user whose id is the owner's plus a trailing space reached 1 row(s)"],
+    ),
+    "owner id starts the setting": (
+        f"starts_with({SETTING}, user_id)",
+        ["note: update all as a user whose id is the owner's plus a suffix reached 1 row(s)"],
+    ),
+    "setting starts the owner id": (
+        f"user_id like {SETTING} || '%'",
+        ["note: select all as a user whose id is a prefix of the owner's reached 1 row(s)"],
+    ),
+}
+
+
+@pytest.mark.parametrize("comparison", LOOSE_COMPARISONS)
+def test_a_loose_owner_comparison_fails_every_time(
+    comparison: str, note: str, rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    predicate, expected = LOOSE_COMPARISONS[comparison]
+    for command in ("select", "delete"):
+        rls_admin.execute(f"alter policy note_{command} on note using ({predicate})")
+    rls_admin.execute(f"alter policy note_insert on note with check ({predicate})")
+    rls_admin.execute(
+        f"alter policy note_update on note using ({predicate}) with check ({predicate})"
+    )
+    # Five runs, each with fresh random users: a near miss must catch it in every one.
+    for _ in range(5):
+        with pytest.raises(AssertionError) as failed:
+            rls_assert_owner_isolated(note, NOTE)
+        missing = [line for line in expected if line not in str(failed.value)]
+        assert not missing, f"not reported: {missing}\n{failed.value}"
+
+
 def test_a_policy_that_hides_the_owners_row_fails_its_positive_control(
     note: str, rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
 ) -> None:
@@ -176,7 +242,7 @@ def test_message_is_owner_isolated(
 
 
 def test_sessions_run_as_the_login_role_and_see_only_their_user(
-    rls_create_user: Any, rls_session_as: Any
+    rls_create_user: Any, rls_session_as: Any, rls_login_role: LoginRole
 ) -> None:
     alice, bob = rls_create_user(), rls_create_user()
     with rls_session_as(alice) as session:
@@ -184,7 +250,7 @@ def test_sessions_run_as_the_login_role_and_see_only_their_user(
         session.commit()
     with rls_session_as(alice) as session:
         facts = session.execute(text("select current_user::text, count(*) from task")).one()
-        assert tuple(facts) == (LOGIN_ROLE, 1)
+        assert tuple(facts) == (rls_login_role.name, 1)
     with rls_session_as(bob) as session:
         assert session.execute(text("select count(*) from task")).scalar_one() == 0
 
@@ -194,6 +260,28 @@ def test_session_as_with_set_role_switches_to_todo_app(
 ) -> None:
     with rls_session_as(rls_create_user(), set_role="todo_app") as session:
         assert session.execute(text("select current_user::text")).scalar_one() == "todo_app"
+
+
+def test_the_login_role_is_this_runs_own_with_a_random_password_that_expires(
+    rls_login_role: LoginRole, rls_admin: psycopg.Connection[Any], rls_app_url: str
+) -> None:
+    assert rls_login_role.name.startswith(f"{LOGIN_ROLE_PREFIX}_")
+    # Not the fixed public password it had before the review (M4), and not guessable.
+    assert rls_login_role.password != "todo_rls_plugin"
+    assert len(rls_login_role.password) >= 40
+    assert f":{rls_login_role.password}@" in rls_app_url
+    expires = rls_admin.execute(
+        "select rolvaliduntil > now(), rolvaliduntil <= now() + interval '1 day'"
+        " from pg_catalog.pg_roles where rolname = %s",
+        (rls_login_role.name,),
+    ).fetchone()
+    assert expires == (True, True)
+    granted = rls_admin.execute(
+        "select array_agg(roleid::regrole::text) from pg_catalog.pg_auth_members"
+        " where member = %s::regrole",
+        (rls_login_role.name,),
+    ).fetchone()
+    assert granted == (["todo_app"],)
 
 
 # --- a downstream project, end to end (pytester) -----------------------------------------
@@ -328,3 +416,80 @@ def test_the_server_option_wins_over_the_environment_and_pytest_postgresql(
     )
     assert result.ret == 3
     result.stdout.fnmatch_lines([f"*todo_rls.testing: no PostgreSQL at 127.0.0.1:{port} as *"])
+
+
+SHOW_LOGIN_ROLE = """
+def test_login_role(rls_login_role, rls_admin):
+    exists = "select count(*) from pg_catalog.pg_roles where rolname = %s"
+    assert rls_admin.execute(exists, (rls_login_role.name,)).fetchone() == (1,)
+    print("LOGIN", rls_login_role.name, rls_login_role.password)
+"""
+
+
+def run_showing_login_role(pytester: pytest.Pytester, *flags: str) -> pytest.RunResult:
+    pytester.makepyfile(test_login=SHOW_LOGIN_ROLE)
+    return pytester.runpytest_inprocess(
+        "-p",
+        "todo_rls.testing",
+        "-p",
+        "no:asyncio",
+        "-s",
+        "-W",
+        "ignore::pytest.PytestAssertRewriteWarning",
+        *flags,
+    )
+
+
+def shown_login_role(result: pytest.RunResult) -> tuple[str, str]:
+    result.assert_outcomes(passed=1)
+    shown = re.search(r"LOGIN (\S+) (\S+)", result.stdout.str())
+    assert shown is not None, result.stdout.str()
+    return shown[1], shown[2]
+
+
+def test_each_run_makes_its_own_login_role_and_drops_it(
+    pytester: pytest.Pytester, pg_server: PgServer, admin: psycopg.Connection[Any]
+) -> None:
+    server_url = pg_server.url("postgres").render_as_string(hide_password=False)
+    first = shown_login_role(run_showing_login_role(pytester, f"--rls-server-url={server_url}"))
+    second = shown_login_role(run_showing_login_role(pytester, f"--rls-server-url={server_url}"))
+    assert first[0] != second[0]
+    assert first[1] != second[1]
+    exists = "select count(*) from pg_catalog.pg_roles where rolname = any(%s)"
+    assert admin.execute(exists, ([first[0], second[0]],)).fetchone() == (0,)
+
+
+def test_a_server_not_on_this_machine_needs_an_explicit_allow(
+    pytester: pytest.Pytester, pg_server: PgServer
+) -> None:
+    if pg_server.host.startswith("/"):
+        pytest.skip("the check uses TCP; the embedded server listens on a socket")
+    # 0.0.0.0 is no loopback address, yet on Linux a connection to it reaches this machine:
+    # a "remote" server that answers.
+    remote = f"--rls-server-url=postgresql://{pg_server.user}@0.0.0.0:{pg_server.port}/postgres"
+    refused = run_showing_login_role(pytester, remote)
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stdout.fnmatch_lines(
+        ["*todo_rls.testing: 0.0.0.0 is not this machine;*--rls-allow-remote-server*"]
+    )
+    shown_login_role(run_showing_login_role(pytester, remote, "--rls-allow-remote-server"))
+    pytester.makeini("[pytest]\nrls_allow_remote_server = true\n")
+    shown_login_role(run_showing_login_role(pytester, remote))
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [
+        ("/var/run/postgresql", True),
+        ("localhost", True),
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("0.0.0.0", False),  # noqa: S104 (an address to test, nothing binds it)
+        ("10.0.0.5", False),
+        ("ep-cool-name-123456-pooler.eu-central-1.aws.neon.tech", False),
+        ("localhost.example.com", False),
+    ],
+)
+def test_only_sockets_localhost_and_loopback_addresses_are_local(host: str, local: bool) -> None:
+    assert is_local_host(host) is local

@@ -5,18 +5,22 @@ Load it with ``-p todo_rls.testing`` or ``pytest_plugins = ["todo_rls.testing"]`
 it adds starts with ``rls_`` (fixtures) or ``--rls-`` (options), so it sits beside an app's own
 database fixtures. The server: ``--rls-server-url`` or $TODO_RLS_TEST_SERVER_URL (a superuser
 URL, or ``embedded``), else pytest-postgresql's ``--postgresql-host/-port/-user/-password``.
+Each run makes its own login role (random password, valid for a day, dropped at the end); on a
+server that is not this machine only with ``--rls-allow-remote-server``.
 """
 
 import os
 import secrets
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -24,18 +28,18 @@ from todo_rls.engine import EngineSettings, create_engine
 from todo_rls.errors import TodoRlsError
 from todo_rls.session import scoped_session
 from todo_rls.testing.database import (
-    LOGIN_PASSWORD,
-    LOGIN_ROLE,
     SERVER_URL_ENV,
+    LoginRole,
     Server,
     create_user,
+    is_local_host,
     migrate_database,
     server_from_setting,
 )
 from todo_rls.testing.isolation import RowSpec, assert_owner_isolated, find_leaks
 
 __all__ = [
-    "LOGIN_ROLE",
+    "LoginRole",
     "RowSpec",
     "Server",
     "assert_owner_isolated",
@@ -45,10 +49,13 @@ __all__ = [
 
 SessionAs = Callable[..., AbstractContextManager[Session]]
 AssertOwnerIsolated = Callable[..., None]
+# How long the run's login role's password is accepted: a run that dies without dropping the
+# role leaves no login that works for long on a server that checks passwords.
+LOGIN_VALID_FOR = timedelta(days=1)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """--rls-server-url and --rls-alembic-ini (also the ini option rls_alembic_ini)."""
+    """--rls-server-url, --rls-alembic-ini and --rls-allow-remote-server (also ini options)."""
     group = parser.getgroup("todo-rls", "todo-rls test database")
     group.addoption(
         "--rls-server-url",
@@ -63,6 +70,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "rls_alembic_ini", type="paths", default=[], help="as --rls-alembic-ini, one a line"
+    )
+    group.addoption(
+        "--rls-allow-remote-server",
+        action="store_true",
+        help="let the run create its login role on a server that is not on this machine"
+        " (by default only a Unix socket, localhost or a loopback address)",
+    )
+    parser.addini(
+        "rls_allow_remote_server", type="bool", default=False, help="as --rls-allow-remote-server"
     )
 
 
@@ -87,6 +103,20 @@ def _find_server(request: pytest.FixtureRequest) -> Server:
 def rls_server(request: pytest.FixtureRequest) -> Server:
     """The PostgreSQL server (as its superuser) the rls_ fixtures create databases on."""
     server = _find_server(request)
+    config = request.config
+    allowed = config.getoption("rls_allow_remote_server") or config.getini(
+        "rls_allow_remote_server"
+    )
+    if not (allowed or is_local_host(server.host)):
+        # The run creates a login role that can read every user's rows of the databases it
+        # makes; on a shared or production server that must be a decision, not a default.
+        pytest.exit(
+            f"todo_rls.testing: {server.host} is not this machine; the plugin creates databases"
+            " and a login role (member of todo_app) there. Use a throwaway local server, or pass"
+            " --rls-allow-remote-server (ini: rls_allow_remote_server = true) if this server is"
+            " disposable",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
     problem = server.unreachable()
     if problem:
         pytest.exit(
@@ -131,12 +161,31 @@ def _janitor(server: Server, dbname: str, **kwargs: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def rls_template(rls_server: Server, pytestconfig: pytest.Config) -> Iterator[str]:
+def rls_login_role(rls_server: Server) -> Iterator[LoginRole]:
+    """This run's login role (a member of todo_app, made with rls_template): a unique name, a
+    random password valid for a day, dropped when the run ends."""
+    role = LoginRole.for_this_run()
+    yield role
+    with rls_server.connect("postgres", autocommit=True) as conn:
+        conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role.name)))
+
+
+@pytest.fixture(scope="session")
+def rls_template(
+    rls_server: Server, rls_login_role: LoginRole, pytestconfig: pytest.Config
+) -> Iterator[str]:
     """A template database, migrated once per run: Better Auth's "user", todo-rls, your app."""
     name = f"todo_rls_plugin_{os.getpid()}_{secrets.token_hex(3)}"
     downstream = _downstream_migrations(pytestconfig)
     with _janitor(rls_server, name, as_template=True):
-        migrate_database(rls_server, name, downstream)
+        migrate_database(
+            rls_server,
+            name,
+            downstream,
+            login_role=rls_login_role.name,
+            password=rls_login_role.password,
+            valid_for=LOGIN_VALID_FOR,
+        )
         yield name
 
 
@@ -157,9 +206,9 @@ def rls_admin(rls_server: Server, rls_database: str) -> Iterator[psycopg.Connect
 
 
 @pytest.fixture
-def rls_app_url(rls_server: Server, rls_database: str) -> str:
-    """URL of rls_database as the login role that is a member of todo_app."""
-    url = rls_server.url(rls_database, user=LOGIN_ROLE, password=LOGIN_PASSWORD)
+def rls_app_url(rls_server: Server, rls_database: str, rls_login_role: LoginRole) -> str:
+    """URL of rls_database as the run's login role, a member of todo_app."""
+    url = rls_server.url(rls_database, user=rls_login_role.name, password=rls_login_role.password)
     return url.render_as_string(hide_password=False)
 
 

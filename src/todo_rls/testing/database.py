@@ -4,12 +4,14 @@ One implementation for the plugin and for todo-rls's own suite (tests/fix_server
 tests/fix_db.py build on it), so both test against databases made the same way.
 """
 
+import ipaddress
 import os
 import secrets
 import string
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +28,10 @@ from todo_rls.embedded import start_embedded_server
 from todo_rls.errors import TodoRlsError, UnsafeRoleError
 from todo_rls.session import APP_ROLE
 
-# The login role the plugin's app connections use: cluster-wide, created idempotently and never
-# dropped (other runs against the same server may be using it), a member of todo_app only.
-LOGIN_ROLE = "todo_rls_plugin_app"
-# A test server's role, on a throwaway database: the password guards nothing real.
-LOGIN_PASSWORD = "todo_rls_plugin"  # noqa: S105
+# The prefix of the login role each plugin run makes for its app connections. A role is
+# cluster-wide and can read every row of the run's databases once it sets app.user_id, so no
+# run shares one or leaves one with a known password behind: see LoginRole.for_this_run.
+LOGIN_ROLE_PREFIX = "todo_rls_plugin_app"
 _ALPHANUMERIC = string.ascii_letters + string.digits
 # Where a test run finds its server's superuser URL (or EMBEDDED), unless told otherwise.
 SERVER_URL_ENV = "TODO_RLS_TEST_SERVER_URL"
@@ -112,6 +113,32 @@ class Server:
                 )
 
 
+def is_local_host(host: str) -> bool:
+    """Whether host is a Unix-socket folder, localhost or a loopback address (not resolved:
+    a name that resolves to this machine today may not tomorrow)."""
+    if host.startswith("/") or host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class LoginRole:
+    """A login role for the app's connections, and its password."""
+
+    name: str
+    password: str = field(repr=False)
+
+    @classmethod
+    def for_this_run(cls) -> "LoginRole":
+        """A unique name and a random password: a run that dies before dropping its role
+        leaves a login nobody knows the password of, and it expires (see ensure_login_role)."""
+        name = f"{LOGIN_ROLE_PREFIX}_{os.getpid()}_{secrets.token_hex(4)}"
+        return cls(name, secrets.token_urlsafe(32))
+
+
 def server_from_setting(setting: str, embedded_data_dir: Path) -> Server:
     """The server a setting names: a superuser URL, or "embedded" for the embedded server in
     embedded_data_dir (started, or reused if running). Raises TodoRlsError when that cannot
@@ -123,32 +150,43 @@ def server_from_setting(setting: str, embedded_data_dir: Path) -> Server:
 
 def ensure_login_role(
     conn: psycopg.Connection[Any],
-    name: str = LOGIN_ROLE,
-    password: str = LOGIN_PASSWORD,
+    name: str,
+    password: str,
     *,
     bypass_rls: bool = False,
+    valid_for: timedelta | None = None,
 ) -> str:
-    """Create LOGIN role name if absent, set its password and make it a member of todo_app;
-    return name. bypass_rls=True makes a BYPASSRLS role, for tests that it is refused.
+    """Create LOGIN role name if absent, set its password (valid for valid_for from now, if
+    given) and make it a member of todo_app; return name. bypass_rls=True makes a BYPASSRLS
+    role, for tests that it is refused.
 
     An existing role's attributes are checked, never changed: it may be shared by other runs.
+    A role that could step out of RLS through a role it belongs to is refused, and then nothing
+    is created, altered or granted (one transaction).
     """
     role = sql.Identifier(name)
+    secret = sql.SQL("password {}").format(sql.Literal(password))
+    if valid_for is not None:
+        # The server's clock, in its own DateStyle: VALID UNTIL takes a literal, no expression.
+        until = conn.execute("select (pg_catalog.now() + %s)::text", (valid_for,)).fetchone()
+        assert until is not None
+        secret += sql.SQL(" valid until {}").format(sql.Literal(until[0]))
     bypass = sql.SQL("bypassrls" if bypass_rls else "nobypassrls")
-    try:
-        with conn.transaction():
-            conn.execute(
-                sql.SQL("create role {} login nosuperuser {} password {}").format(
-                    role, bypass, sql.Literal(password)
+    with conn.transaction():
+        try:
+            with conn.transaction():
+                conn.execute(
+                    sql.SQL("create role {} login nosuperuser {} {}").format(role, bypass, secret)
                 )
-            )
-    except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
-        # Another run, maybe on another database of this cluster, created it first: check it
-        # before touching it. The same password every run sets, so a server that checks
-        # passwords lets the tests in.
-        _check_login_role(conn, name, bypass_rls)
-        conn.execute(sql.SQL("alter role {} password {}").format(role, sql.Literal(password)))
-    conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(APP_ROLE), role))
+        except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
+            # Another run, maybe on another database of this cluster, created it first: check
+            # it before touching it. The same password every run sets, so a server that checks
+            # passwords lets the tests in.
+            _check_login_role(conn, name, bypass_rls)
+            conn.execute(sql.SQL("alter role {} {}").format(role, secret))
+        conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(APP_ROLE), role))
+        if not bypass_rls:
+            _check_memberships(conn, name)
     return name
 
 
@@ -171,6 +209,40 @@ def _check_login_role(conn: psycopg.Connection[Any], name: str, bypass_rls: bool
         # The app's connections would not be bound by RLS: every isolation test would lie.
         raise UnsafeRoleError(f"{message}{' '.join(fixes)} (RLS would not bind it)")
     raise TodoRlsError(message + " ".join(fixes))
+
+
+# Every grant that lets role %(name)s (directly, or through roles it belongs to, as the
+# wrapper's role check in todo_rls.session tests) SET ROLE to a role RLS does not bind here: a
+# superuser, a BYPASSRLS role (Neon's neon_superuser), or the owner of a table with RLS, who can
+# turn it off. Also the tables with RLS that the role owns itself.
+_ESCAPES = """
+select pg_catalog.format('revoke %%I from %%I', b.rolname, pg_catalog.pg_get_userbyid(m.member)),
+       case when b.rolsuper then 'a superuser'
+            when b.rolbypassrls then 'BYPASSRLS'
+            else 'owner of tables with row level security' end
+from pg_catalog.pg_auth_members m
+join pg_catalog.pg_roles b on b.oid = m.roleid
+where pg_catalog.pg_has_role(%(name)s, m.member, 'MEMBER')
+  and (b.rolsuper or b.rolbypassrls or exists (
+         select from pg_catalog.pg_class c where c.relrowsecurity and c.relowner = b.oid))
+union all
+select pg_catalog.format('alter table %%s owner to <the migrations'' role>', c.oid::regclass),
+       'the role owns it'
+from pg_catalog.pg_class c
+where c.relrowsecurity and c.relowner = pg_catalog.to_regrole(%(name)s)
+order by 1
+"""
+
+
+def _check_memberships(conn: psycopg.Connection[Any], name: str) -> None:
+    """Raise UnsafeRoleError with the statements that fix it if role name can step out of RLS."""
+    escapes = conn.execute(_ESCAPES, {"name": name}).fetchall()
+    if escapes:
+        fixes = "; ".join(f"{fix} ({why})" for fix, why in escapes)
+        raise UnsafeRoleError(
+            f"role {name} can SET ROLE to a role that row level security does not bind, so"
+            f" isolation tests through it would prove nothing: {fixes}"
+        )
 
 
 def new_user_id() -> str:
@@ -209,11 +281,13 @@ def migrate_database(
     server: Server,
     dbname: str,
     downstream: Sequence[Path] = (),
-    login_role: str = LOGIN_ROLE,
-    password: str = LOGIN_PASSWORD,
+    *,
+    login_role: str,
+    password: str,
+    valid_for: timedelta | None = None,
 ) -> None:
     """Better Auth's "user" table, todo-rls's migrations, then each downstream alembic.ini; and
-    login_role, a member of todo_app, to connect as."""
+    login_role, a member of todo_app, to connect as (see ensure_login_role)."""
     with server.connect(dbname, autocommit=True) as conn:
         conn.execute(BETTER_AUTH_USER_DDL)
     url = server.url(dbname)
@@ -221,4 +295,4 @@ def migrate_database(
     for alembic_ini in downstream:
         _upgrade_downstream(url, alembic_ini)
     with server.connect(dbname, autocommit=True) as conn:
-        ensure_login_role(conn, login_role, password)
+        ensure_login_role(conn, login_role, password, valid_for=valid_for)

@@ -1,14 +1,19 @@
 """assert_owner_isolated: the isolation matrix for any table owned through a user_id column.
 
 The owner gets one row; another user gets none in that table, so any row an attacker's
-statement reaches is a row it does not own. Every statement runs as the application login role
-on a fresh connection, in a transaction that is rolled back, after its positive control (the
-owner's own statement does reach their row), so an empty table, a broken row factory or a
+statement reaches is a row it does not own. Every statement runs as the application login role,
+on its actor's own connection, in a transaction that is rolled back, after its positive control
+(the owner's own statement does reach their row), so an empty table, a broken row factory or a
 never-bound user cannot make the matrix pass. Writes run without RETURNING: RETURNING would
 add the SELECT policy and hide a broken UPDATE, DELETE or INSERT policy.
+
+Besides a random other user, the attackers include users whose ids are near misses of the
+victim's (a prefix, a case change, a suffix, ...): a random id would pass a policy that compares
+only a prefix, ignores case or trims, almost every time; a near miss fails it every time.
 """
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -16,7 +21,8 @@ import psycopg
 from psycopg import sql
 
 from todo_rls.engine import database_url
-from todo_rls.testing.database import create_user
+from todo_rls.testing.database import create_user, new_user_id
+from todo_rls.validation import validate_user_id
 
 RowSpec = Mapping[str, Any] | Callable[[str], Mapping[str, Any]]
 Kind = Literal["write", "count", "copy"]
@@ -29,6 +35,20 @@ ACTORS = {
     "empty": "a transaction with app.user_id = ''",
     "reused": "an unscoped transaction on a connection the owner used before",
 }
+# Ids derived from the id of the row's owner (for inserts, of the user the row claims), each
+# defeating a comparison looser than text equality: a prefix (left(), ::"char", varchar(n)), a
+# case-insensitive one (lower(), citext, ilike), one that trims, LIKE/starts_with either way.
+NEAR_MISSES: dict[str, tuple[str, Callable[[str], str]]] = {
+    "last": (
+        "a user whose id differs from the owner's only in its last character",
+        lambda owner: owner[:-1] + ("1" if owner.endswith("0") else "0"),
+    ),
+    "case": ("a user whose id is the owner's in another letter case", str.swapcase),
+    "suffix": ("a user whose id is the owner's plus a suffix", lambda owner: owner + "0"),
+    "space": ("a user whose id is the owner's plus a trailing space", lambda owner: owner + " "),
+    "prefix": ("a user whose id is a prefix of the owner's", lambda owner: owner[:-1]),
+}
+ACTORS |= {actor: description for actor, (description, _) in NEAR_MISSES.items()}
 
 _ROLE_FACTS = """
 select current_user::text, r.rolsuper, r.rolbypassrls,
@@ -88,7 +108,10 @@ class _Matrix:
         # other owns nothing here, so anything an attacker's statement reaches is not its own;
         # claimed owns nothing either and is who inserts claim to be (the owner's row may hold
         # the only slot a user has, as in a table keyed by user_id).
-        self.owner, self.other, self.claimed = (create_user(admin) for _ in range(3))
+        self.owner, self.other, self.claimed = (create_user(admin, _cased_id()) for _ in "abc")
+        # Upserts and re-owning write the attacker's id into the owner column: it must exist.
+        for near_miss in self._near_misses(self.owner).values():
+            create_user(admin, validate_user_id(near_miss))
         self.key = self._insert_owners_row(admin)
 
     def _check_catalog(self, admin: psycopg.Connection[Any]) -> None:
@@ -155,9 +178,16 @@ class _Matrix:
             query = sql.SQL("copy ({}) to stdout").format(query)
         return _Statement(query, params, kind)
 
-    def user_id(self, actor: str) -> str | None:
-        """The app.user_id actor's transaction carries; None: never set."""
+    @staticmethod
+    def _near_misses(victim: str) -> dict[str, str]:
+        return {actor: derive(victim) for actor, (_, derive) in NEAR_MISSES.items()}
+
+    def user_id(self, actor: str, victim: str = "owner") -> str | None:
+        """The app.user_id actor's transaction carries (near misses: of victim's id); None:
+        never set."""
         ids = {"owner": self.owner, "claimed": self.claimed, "other": self.other, "empty": ""}
+        if actor in NEAR_MISSES:
+            return self._near_misses(ids[victim])[actor]
         return ids.get(actor)
 
     def _check_role(self, conn: psycopg.Connection[Any]) -> None:
@@ -170,22 +200,31 @@ class _Matrix:
         )
         assert active, f"{self.table}: row_security_active is false for role {role}"
 
-    def reached(self, actor: str, statement: _Statement) -> int | None:
-        """Rows statement reached as actor, in a rolled-back transaction; None if refused."""
+    def reached(
+        self, conn: psycopg.Connection[Any], user_id: str | None, statement: _Statement
+    ) -> int | None:
+        """Rows statement reached as user_id (None: unset) on conn, in a rolled-back
+        transaction; None if refused."""
+        with conn.transaction(force_rollback=True):
+            self._check_role(conn)
+            if user_id is not None:
+                conn.execute(_SCOPE, (user_id,))
+            try:
+                with conn.transaction():  # a savepoint: a refusal is an answer, not an abort
+                    return _run(conn, statement)
+            except psycopg.errors.InsufficientPrivilege:
+                return None
+
+    @contextmanager
+    def connection(self, actor: str) -> Iterator[psycopg.Connection[Any]]:
+        """actor's own connection: its transactions leave nothing behind (rolled back,
+        transaction-local settings), so one per actor serves every statement, and one that
+        never sets app.user_id stays unset. "reused": first scoped to the owner and committed."""
         with psycopg.connect(self.conninfo) as conn:
             if actor == "reused":
                 with conn.transaction():
                     conn.execute(_SCOPE, (self.owner,))
-            with conn.transaction(force_rollback=True):
-                self._check_role(conn)
-                user_id = self.user_id(actor)
-                if user_id is not None:
-                    conn.execute(_SCOPE, (user_id,))
-                try:
-                    with conn.transaction():  # a savepoint: a refusal is an answer, not an abort
-                        return _run(conn, statement)
-                except psycopg.errors.InsufficientPrivilege:
-                    return None
+            yield conn
 
 
 def _run(conn: psycopg.Connection[Any], statement: _Statement) -> int:
@@ -240,34 +279,46 @@ def find_leaks(
 ) -> list[Leak]:
     """Run the matrix and return what leaked; AssertionError if a control or a check fails.
 
-    admin: an autocommit superuser connection to the database (it arranges the two users and
+    admin: an autocommit superuser connection to the database (it arranges the users and
     the owner's row, committed). app_url: the same database as the application login role.
     row: the owner's row's columns (the owner column is filled in), or a callable that takes
     the owner's user id and returns them (fresh keys, parent rows made through admin, ...).
     """
     m = _Matrix(admin, app_url, table, row, owner_column)
     leaks = []
-    for command, probe in _probes(m).items():
-        for actor in ACTORS:
+    probes = _probes(m)
+    with ExitStack() as stack:
+        conns = {actor: stack.enter_context(m.connection(actor)) for actor in ["owner", *ACTORS]}
+        for command, probe in probes.items():
             control_user = m.user_id(probe.control_actor)
             assert control_user is not None
-            control = m.reached(probe.control_actor, probe.make(control_user))
+            # Once per command: every attack is rolled back, so the row stays as it was.
+            control = m.reached(conns["owner"], control_user, probe.make(control_user))
             assert control, (
                 f"{table}: positive control failed: {command} by the row's own user reached"
                 f" {'nothing (refused)' if control is None else '0 rows'}; the owner must reach"
                 " their own row, or the matrix proves nothing (check the row values and the"
                 " owner's policies)"
             )
-            reached = m.reached(actor, probe.make(m.user_id(actor) or m.other))
-            if reached:
-                leaks.append(Leak(table, command, actor, f"reached {reached} row(s)"))
-    # The owner hands their row to another user: the UPDATE policy's WITH CHECK must refuse.
-    give_away = m.statement("update {table} set {owner} = %(to)s", by_key=False, to=m.other)
-    control = m.reached("owner", m.statement("update {table} set {owner} = {owner}", False))
-    assert control, f"{table}: positive control failed: the owner cannot update their row"
-    if m.reached("owner", give_away) is not None:
-        leaks.append(Leak(table, "re-own to another user", "owner", "was not refused"))
+            for actor in ACTORS:
+                user_id = m.user_id(actor, probe.control_actor)
+                statement = probe.make(user_id or m.other)
+                reached = m.reached(conns[actor], user_id, statement)
+                if reached:
+                    leaks.append(Leak(table, command, actor, f"reached {reached} row(s)"))
+        # The owner hands their row to another user: the UPDATE policy's WITH CHECK must refuse.
+        give_away = m.statement("update {table} set {owner} = %(to)s", by_key=False, to=m.other)
+        if m.reached(conns["owner"], m.owner, give_away) is not None:
+            leaks.append(Leak(table, "re-own to another user", "owner", "was not refused"))
     return leaks
+
+
+def _cased_id() -> str:
+    """A Better Auth-shaped id with a letter in it, so that a case change makes another id."""
+    user_id = new_user_id()
+    while user_id == user_id.swapcase():  # all digits (1 in 10^25): no case change
+        user_id = new_user_id()
+    return user_id
 
 
 def assert_owner_isolated(
