@@ -11,7 +11,7 @@ import psycopg
 import pytest
 from sqlalchemy import text
 
-from todo_rls.testing import LoginRole, assert_owner_isolated
+from todo_rls.testing import LoginRole, assert_owner_isolated, create_user
 from todo_rls.testing.database import LOGIN_ROLE_PREFIX, is_local_host
 
 from fix_server import PgServer
@@ -236,6 +236,143 @@ def test_message_is_owner_isolated(
         return {"conversation_id": conversation, "role": "user", "content": "hi"}
 
     rls_assert_owner_isolated("message", message_of)
+    # Its composite foreign key is why: with a single-column one, the same matrix fails.
+    rls_admin.execute(
+        "alter table message drop constraint fk_message_conversation_id_user_id_conversation;"
+        " alter table message add constraint fk_message_conversation_id_conversation"
+        " foreign key (conversation_id) references conversation (id)"
+    )
+    with pytest.raises(
+        AssertionError,
+        match=r"message: insert pointing at the owner's conversation row \(foreign key"
+        r" fk_message_conversation_id_conversation\) as another user reached 1 row",
+    ):
+        rls_assert_owner_isolated("message", message_of)
+
+
+# --- foreign keys to another owned table -------------------------------------------------
+
+OWNS_ROW = "user_id = (select nullif(pg_catalog.current_setting('app.user_id', true), ''))"
+
+
+def note_comment_ddl(note_id: str, foreign_key: str, insert_check: str = OWNS_ROW) -> str:
+    """A child of note, protected like note; the foreign key (constraint note_comment_note_fk)
+    and the insert policy's check are what the tests vary."""
+    return f"""
+    create table public.note_comment (
+      id uuid primary key default gen_random_uuid(),
+      user_id text not null references public."user" (id) on delete cascade,
+      note_id uuid {note_id},
+      body text not null,
+      constraint note_comment_note_fk {foreign_key}
+    );
+    alter table note_comment enable row level security;
+    alter table note_comment force row level security;
+    create policy note_comment_select on note_comment for select to todo_app using ({OWNS_ROW});
+    create policy note_comment_insert on note_comment for insert to todo_app
+      with check ({insert_check});
+    create policy note_comment_update on note_comment for update to todo_app
+      using ({OWNS_ROW}) with check ({OWNS_ROW});
+    create policy note_comment_delete on note_comment for delete to todo_app using ({OWNS_ROW});
+    grant select, insert, update, delete on note_comment to todo_app;
+    """
+
+
+SINGLE_COLUMN_FK = "foreign key (note_id) references public.note (id)"
+COMPOSITE_FK = "foreign key (note_id, user_id) references public.note (id, user_id)"
+NOTE_ID_USER_ID_UNIQUE = "alter table note add constraint uq_note_id_user_id unique (id, user_id);"
+# Where the parent row comes from: the one the owner's row points at (a row spec that makes
+# the owner's note), or parents= when the owner's row leaves the foreign key null.
+PARENT_SOURCES = ["owner's row", "parents="]
+
+
+def add_note_comment(
+    rls_admin: psycopg.Connection[Any], foreign_key: str, source: str, **policy: str
+) -> tuple[Any, dict[str, Any]]:
+    """Creates note_comment; returns the row spec and the arguments for its parent row."""
+    note_id = "not null" if source == "owner's row" else ""
+    rls_admin.execute(NOTE_ID_USER_ID_UNIQUE + note_comment_ddl(note_id, foreign_key, **policy))
+    if source == "parents=":
+        return {"body": "a comment"}, {"parents": {"note": NOTE}}
+
+    def comment_of(owner: str) -> dict[str, Any]:
+        made = rls_admin.execute(
+            "insert into note (user_id, body) values (%s, 'n') returning id", (owner,)
+        ).fetchone()
+        assert made is not None
+        return {"note_id": made[0], "body": "a comment"}
+
+    return comment_of, {}
+
+
+@pytest.mark.parametrize("source", PARENT_SOURCES)
+def test_a_child_with_a_single_column_foreign_key_fails_naming_it_and_the_fix(
+    source: str, note: str, rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    row, parent = add_note_comment(rls_admin, SINGLE_COLUMN_FK, source)
+    with pytest.raises(AssertionError) as failed:
+        rls_assert_owner_isolated("note_comment", row, **parent)
+    probe = (
+        "note_comment: insert pointing at the owner's note row (foreign key note_comment_note_fk)"
+    )
+    expected = [
+        f"{probe} as another user reached 1 row(s)",
+        f"{probe} as a user whose id is the owner's plus a trailing space reached 1 row(s)",
+        f"{probe} as a user whose id is a prefix of the owner's reached 1 row(s)",
+        "fix: make the foreign key note_comment_note_fk (note_id, user_id) -> note"
+        " (id, user_id) with a unique constraint on note (id, user_id)",
+    ]
+    report = str(failed.value)
+    missing = [line for line in expected if line not in report]
+    assert not missing, f"not reported: {missing}\n{report}"
+    # The owner policies are sound: the foreign key is the only way in.
+    leaks = [line for line in report.splitlines()[1:] if not line.startswith("  fix: ")]
+    assert leaks
+    assert all(line.startswith(f"  {probe} as ") for line in leaks), report
+
+
+@pytest.mark.parametrize("source", PARENT_SOURCES)
+def test_a_child_with_a_foreign_key_carrying_user_id_is_isolated(
+    source: str, note: str, rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    row, parent = add_note_comment(rls_admin, COMPOSITE_FK, source)
+    rls_assert_owner_isolated("note_comment", row, **parent)
+
+
+def test_an_insert_policy_that_checks_the_parent_also_isolates_a_child(
+    note: str, rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    # The other fix: the insert policy sees note through note's own policies, so a note of
+    # someone else's is not there and the insert is refused (42501) before any FK check.
+    sees_note = f"{OWNS_ROW} and exists (select from note n where n.id = note_id)"
+    row, parent = add_note_comment(
+        rls_admin, SINGLE_COLUMN_FK, "owner's row", insert_check=sees_note
+    )
+    rls_assert_owner_isolated("note_comment", row, **parent)
+
+
+def test_a_null_foreign_key_without_parents_is_named(
+    note: str, rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    add_note_comment(rls_admin, COMPOSITE_FK, "parents=")
+    with pytest.raises(
+        AssertionError,
+        match=r"note_comment: the owner's row leaves foreign key note_comment_note_fk null.*"
+        r"pass parents=\{'note': <row>\}",
+    ):
+        rls_assert_owner_isolated("note_comment", {"body": "a comment"})
+
+
+def test_an_owners_row_pointing_at_someone_elses_parent_is_named(
+    note: str, rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    add_note_comment(rls_admin, SINGLE_COLUMN_FK, "owner's row")
+    strangers_note = rls_admin.execute(
+        "insert into note (user_id, body) values (%s, 'n') returning id", (create_user(rls_admin),)
+    ).fetchone()
+    assert strangers_note is not None
+    with pytest.raises(AssertionError, match="note_comment_note_fk at a note row that is not"):
+        rls_assert_owner_isolated("note_comment", {"note_id": strangers_note[0], "body": "c"})
 
 
 # --- the other fixtures ------------------------------------------------------------------

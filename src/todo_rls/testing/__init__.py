@@ -237,6 +237,8 @@ def rls_session_as(rls_app_engine: Engine) -> SessionAs:
 def rls_assert_owner_isolated(
     rls_admin: psycopg.Connection[Any], rls_app_url: str
 ) -> AssertOwnerIsolated:
-    """``rls_assert_owner_isolated(table, row, owner_column="user_id")`` on rls_database;
-    see todo_rls.testing.assert_owner_isolated."""
+    """``rls_assert_owner_isolated(table, row, owner_column="user_id", parents=None)``.
+
+    Runs todo_rls.testing.assert_owner_isolated on rls_database.
+    """
     return partial(assert_owner_isolated, rls_admin, rls_app_url)

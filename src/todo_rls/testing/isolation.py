@@ -10,11 +10,17 @@ add the SELECT policy and hide a broken UPDATE, DELETE or INSERT policy.
 Besides a random other user, the attackers include users whose ids are near misses of the
 victim's (a prefix, a case change, a suffix, ...): a random id would pass a policy that compares
 only a prefix, ignores case or trims, almost every time; a near miss fails it every time.
+
+Foreign-key checks bypass RLS: for every foreign key of the table to another table with RLS and
+an owner column, an attacker inserts a row of its own pointing at a parent row of the owner's.
+Only a foreign key that carries the owner column, (parent_id, user_id) -> parent(id, user_id),
+refuses it (23503); a single-column one lets the attacker probe and attach to others' rows.
 """
 
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import psycopg
@@ -65,6 +71,24 @@ where i.indrelid = pg_catalog.to_regclass(%s) and i.indisprimary
 order by pg_catalog.array_position(i.indkey::int2[], a.attnum)
 """
 _SCOPE = "select pg_catalog.set_config('app.user_id', %s, true)"
+# Foreign keys of a table to tables with row level security and an owner column (%s): the
+# parent rows an attacker could point at, since the foreign-key check does not see policies.
+_GUARDED_PARENTS = """
+select c.conname::text, c.confrelid, n.nspname::text, p.relname::text,
+       array(select a.attname::text from pg_catalog.unnest(c.conkey) with ordinality k(num, i)
+             join pg_catalog.pg_attribute a on a.attrelid = c.conrelid and a.attnum = k.num
+             order by k.i),
+       array(select a.attname::text from pg_catalog.unnest(c.confkey) with ordinality k(num, i)
+             join pg_catalog.pg_attribute a on a.attrelid = c.confrelid and a.attnum = k.num
+             order by k.i)
+from pg_catalog.pg_constraint c
+join pg_catalog.pg_class p on p.oid = c.confrelid
+join pg_catalog.pg_namespace n on n.oid = p.relnamespace
+where c.conrelid = pg_catalog.to_regclass(%s) and c.contype = 'f' and p.relrowsecurity
+  and exists (select from pg_catalog.pg_attribute a
+              where a.attrelid = c.confrelid and a.attname = %s and not a.attisdropped)
+order by c.conname
+"""
 
 
 @dataclass(frozen=True)
@@ -75,6 +99,8 @@ class Leak:
     command: str
     actor: str
     detail: str
+    # How to close it, when the matrix knows (said once per fix by assert_owner_isolated).
+    fix: str = ""
 
     def __str__(self) -> str:
         who = ACTORS.get(self.actor, "the owner")
@@ -89,11 +115,39 @@ class _Statement:
     kind: "Kind" = "write"
 
 
+@dataclass(frozen=True)
+class _ParentRef:
+    """A foreign key to a table with RLS, and a parent row of the owner's it can point at."""
+
+    constraint: str
+    parent: str
+    columns: tuple[str, ...]  # referencing, in the key's order
+    parent_columns: tuple[str, ...]  # referenced, same order
+    # The referencing columns, but the owner column, set to point at the owner's parent row;
+    # the owner column stays the inserting user's own, so that the insert policy lets it in.
+    values: Mapping[str, Any]
+
+    def fix(self, owner: str) -> str:
+        pairs = [(c, p) for c, p in zip(self.columns, self.parent_columns, strict=True)]
+        columns = ", ".join([c for c, _ in pairs if c != owner] + [owner])
+        parent_columns = ", ".join([p for c, p in pairs if c != owner] + [owner])
+        return (
+            f"make the foreign key {self.constraint} ({columns}) -> {self.parent}"
+            f" ({parent_columns}) with a unique constraint on {self.parent} ({parent_columns})"
+        )
+
+
 class _Matrix:
     """The owner's row in table and the statements that probe it."""
 
     def __init__(
-        self, admin: psycopg.Connection[Any], app_url: str, table: str, row: RowSpec, owner: str
+        self,
+        admin: psycopg.Connection[Any],
+        app_url: str,
+        table: str,
+        row: RowSpec,
+        owner: str,
+        parents: Mapping[str, RowSpec],
     ) -> None:
         schema, _, name = table.rpartition(".")
         self.table = table
@@ -113,6 +167,7 @@ class _Matrix:
         for near_miss in self._near_misses(self.owner).values():
             create_user(admin, validate_user_id(near_miss))
         self.key = self._insert_owners_row(admin)
+        self.parent_refs = self._parent_refs(admin, parents)
 
     def _check_catalog(self, admin: psycopg.Connection[Any]) -> None:
         flags = admin.execute(
@@ -132,8 +187,7 @@ class _Matrix:
 
     def values(self, owner: str) -> dict[str, Any]:
         """Column values of a new row owned by owner."""
-        given = self._row(owner) if callable(self._row) else self._row
-        return {**given, self.owner_name: owner}
+        return {**_row_values(self._row, owner), self.owner_name: owner}
 
     def _insert_owners_row(self, admin: psycopg.Connection[Any]) -> dict[str, Any]:
         key_columns = [str(r[0]) for r in admin.execute(_PRIMARY_KEY, (self.regclass,))]
@@ -145,12 +199,92 @@ class _Matrix:
         return dict(zip(key_columns, found, strict=True))
 
     def insert(self, values: Mapping[str, Any]) -> _Statement:
-        query = sql.SQL("insert into {} ({}) values ({})").format(
-            self.relation,
-            sql.SQL(", ").join(map(sql.Identifier, values)),
-            sql.SQL(", ").join(sql.Placeholder(f"v{i}") for i in range(len(values))),
+        return _insert(self.relation, values)
+
+    def _parent_refs(
+        self, admin: psycopg.Connection[Any], parents: Mapping[str, RowSpec]
+    ) -> list[_ParentRef]:
+        """Each foreign key to an RLS table, with a parent row of the owner's: parents[table]'s
+        row if given (made here as admin), else the one the owner's row points at."""
+        given = {_regclass_oid(admin, name): spec for name, spec in parents.items()}
+        refs, used = [], set()
+        found_keys = admin.execute(_GUARDED_PARENTS, (self.regclass, self.owner_name)).fetchall()
+        for constraint, oid, schema, name, columns, parent_columns in found_keys:
+            parent = sql.Identifier(schema, name)
+            label = name if schema == "public" else f"{schema}.{name}"
+            if oid in given:
+                used.add(oid)
+                row = {**_row_values(given[oid], self.owner), self.owner_name: self.owner}
+                statement = _insert(parent, row)
+                returning = sql.SQL(" returning ") + sql.SQL(", ").join(
+                    map(sql.Identifier, parent_columns)
+                )
+                found = admin.execute(statement.query + returning, statement.params).fetchone()
+            else:
+                found = self._owners_parent(
+                    admin, constraint, (parent, label), columns, parent_columns
+                )
+            assert found is not None
+            values = {
+                column: value
+                for column, value in zip(columns, found, strict=True)
+                if column != self.owner_name
+            }
+            refs.append(
+                _ParentRef(constraint, label, tuple(columns), tuple(parent_columns), values)
+            )
+        assert used == set(given), (
+            f"{self.table}: parents= names tables it has no foreign key to with row level"
+            f" security and a {self.owner_name} column"
         )
-        return _Statement(query, {f"v{i}": v for i, v in enumerate(values.values())})
+        return refs
+
+    def _owners_parent(
+        self,
+        admin: psycopg.Connection[Any],
+        constraint: str,
+        parent_named: tuple[sql.Identifier, str],
+        columns: list[str],
+        parent_columns: list[str],
+    ) -> tuple[Any, ...]:
+        """The referenced values of the parent row the owner's row points at, which must be
+        the owner's (an attack on someone else's row would not be an attack on the owner)."""
+        where = sql.SQL(" and ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(c), sql.Placeholder(f"k{i}"))
+            for i, c in enumerate(self.key)
+        )
+        pointed = admin.execute(
+            sql.SQL("select {} from {} where {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, columns)), self.relation, where
+            ),
+            {f"k{i}": value for i, value in enumerate(self.key.values())},
+        ).fetchone()
+        assert pointed is not None
+        parent, name = parent_named
+        assert None not in pointed, (
+            f"{self.table}: the owner's row leaves foreign key {constraint} null, so the matrix"
+            f" has no parent row of the owner's to point at; pass parents={{{name!r}: <row>}}"
+            f" (the columns of a {name} row; the owner column is filled in)"
+        )
+        found_owner = admin.execute(
+            sql.SQL("select {} from {} where {}").format(
+                self.owner_column,
+                parent,
+                sql.SQL(" and ").join(
+                    sql.SQL("{} = %s").format(sql.Identifier(p)) for p in parent_columns
+                ),
+            ),
+            pointed,
+        ).fetchone()
+        assert found_owner == (self.owner,), (
+            f"{self.table}: the owner's row points through {constraint} at a {name} row that"
+            " is not the owner's; make the row spec point at a parent row of the given user's"
+        )
+        return tuple(pointed)
+
+    def child(self, ref: _ParentRef, user: str) -> _Statement:
+        """INSERT of user's own row pointing through ref at the owner's parent row."""
+        return self.insert({**self.values(user), **ref.values})
 
     def upsert(self, user: str) -> _Statement:
         """INSERT of user's row with the owner's key; on conflict, hand the row to user."""
@@ -201,10 +335,14 @@ class _Matrix:
         assert active, f"{self.table}: row_security_active is false for role {role}"
 
     def reached(
-        self, conn: psycopg.Connection[Any], user_id: str | None, statement: _Statement
+        self,
+        conn: psycopg.Connection[Any],
+        user_id: str | None,
+        statement: _Statement,
+        refusals: tuple[type[psycopg.Error], ...] = (psycopg.errors.InsufficientPrivilege,),
     ) -> int | None:
         """Rows statement reached as user_id (None: unset) on conn, in a rolled-back
-        transaction; None if refused."""
+        transaction; None if refused (one of refusals raised)."""
         with conn.transaction(force_rollback=True):
             self._check_role(conn)
             if user_id is not None:
@@ -212,7 +350,7 @@ class _Matrix:
             try:
                 with conn.transaction():  # a savepoint: a refusal is an answer, not an abort
                     return _run(conn, statement)
-            except psycopg.errors.InsufficientPrivilege:
+            except refusals:
                 return None
 
     @contextmanager
@@ -225,6 +363,26 @@ class _Matrix:
                 with conn.transaction():
                     conn.execute(_SCOPE, (self.owner,))
             yield conn
+
+
+def _insert(relation: sql.Identifier, values: Mapping[str, Any]) -> _Statement:
+    query = sql.SQL("insert into {} ({}) values ({})").format(
+        relation,
+        sql.SQL(", ").join(map(sql.Identifier, values)),
+        sql.SQL(", ").join(sql.Placeholder(f"v{i}") for i in range(len(values))),
+    )
+    return _Statement(query, {f"v{i}": v for i, v in enumerate(values.values())})
+
+
+def _row_values(row: RowSpec, owner: str) -> Mapping[str, Any]:
+    return row(owner) if callable(row) else row
+
+
+def _regclass_oid(admin: psycopg.Connection[Any], table: str) -> int:
+    found = admin.execute("select pg_catalog.to_regclass(%s)::oid", (table,)).fetchone()
+    assert found is not None
+    assert found[0] is not None, f"parents=: no such table {table}"
+    return int(found[0])
 
 
 def _run(conn: psycopg.Connection[Any], statement: _Statement) -> int:
@@ -244,10 +402,30 @@ class _Probe:
 
     make: Callable[[str], _Statement]
     control_actor: str = "owner"
+    refusals: tuple[type[psycopg.Error], ...] = (psycopg.errors.InsufficientPrivilege,)
+    fix: str = ""
 
 
 def _probes(m: _Matrix) -> dict[str, _Probe]:
     touch = "update {table} set {owner} = {owner}"
+    return _row_probes(m, touch) | _parent_probes(m)
+
+
+def _parent_probes(m: _Matrix) -> dict[str, _Probe]:
+    """Per foreign key to an RLS table: a row of the actor's own pointing at the owner's parent
+    row. The control is the owner pointing at it; a refusal is 23503 or a policy error."""
+    refusals = (psycopg.errors.InsufficientPrivilege, psycopg.errors.ForeignKeyViolation)
+    return {
+        f"insert pointing at the owner's {ref.parent} row (foreign key {ref.constraint})": _Probe(
+            partial(m.child, ref),
+            refusals=refusals,
+            fix=ref.fix(m.owner_name),
+        )
+        for ref in m.parent_refs
+    }
+
+
+def _row_probes(m: _Matrix, touch: str) -> dict[str, _Probe]:
     return {
         "select by key": _Probe(
             lambda _: m.statement("select count(*) from {table}", True, "count")
@@ -276,6 +454,7 @@ def find_leaks(
     row: RowSpec,
     *,
     owner_column: str = "user_id",
+    parents: Mapping[str, RowSpec] | None = None,
 ) -> list[Leak]:
     """Run the matrix and return what leaked; AssertionError if a control or a check fails.
 
@@ -283,8 +462,11 @@ def find_leaks(
     the owner's row, committed). app_url: the same database as the application login role.
     row: the owner's row's columns (the owner column is filled in), or a callable that takes
     the owner's user id and returns them (fresh keys, parent rows made through admin, ...).
+    parents: for a foreign key to a table with RLS that the owner's row leaves null, that
+    table's name and a row spec as row's: the matrix makes the owner such a parent row to
+    point at. Otherwise the parent row is the one the owner's row points at.
     """
-    m = _Matrix(admin, app_url, table, row, owner_column)
+    m = _Matrix(admin, app_url, table, row, owner_column, parents or {})
     leaks = []
     probes = _probes(m)
     with ExitStack() as stack:
@@ -293,7 +475,9 @@ def find_leaks(
             control_user = m.user_id(probe.control_actor)
             assert control_user is not None
             # Once per command: every attack is rolled back, so the row stays as it was.
-            control = m.reached(conns["owner"], control_user, probe.make(control_user))
+            control = m.reached(
+                conns["owner"], control_user, probe.make(control_user), probe.refusals
+            )
             assert control, (
                 f"{table}: positive control failed: {command} by the row's own user reached"
                 f" {'nothing (refused)' if control is None else '0 rows'}; the owner must reach"
@@ -303,9 +487,10 @@ def find_leaks(
             for actor in ACTORS:
                 user_id = m.user_id(actor, probe.control_actor)
                 statement = probe.make(user_id or m.other)
-                reached = m.reached(conns[actor], user_id, statement)
+                reached = m.reached(conns[actor], user_id, statement, probe.refusals)
                 if reached:
-                    leaks.append(Leak(table, command, actor, f"reached {reached} row(s)"))
+                    detail = f"reached {reached} row(s)"
+                    leaks.append(Leak(table, command, actor, detail, probe.fix))
         # The owner hands their row to another user: the UPDATE policy's WITH CHECK must refuse.
         give_away = m.statement("update {table} set {owner} = %(to)s", by_key=False, to=m.other)
         if m.reached(conns["owner"], m.owner, give_away) is not None:
@@ -328,10 +513,17 @@ def assert_owner_isolated(
     row: RowSpec,
     *,
     owner_column: str = "user_id",
+    parents: Mapping[str, RowSpec] | None = None,
 ) -> None:
-    """AssertionError naming table, command and actor of every way past the owner's policies.
+    """AssertionError naming table, command and actor of every way past the owner's policies,
+    and the fix where known (a foreign key that must carry the owner column).
 
     Arguments as find_leaks. Checks first that row level security is enabled and forced.
     """
-    leaks = find_leaks(admin, app_url, table, row, owner_column=owner_column)
-    assert not leaks, f"{table} is not owner-isolated:\n" + "\n".join(f"  {x}" for x in leaks)
+    leaks = find_leaks(admin, app_url, table, row, owner_column=owner_column, parents=parents)
+    fixes = dict.fromkeys(leak.fix for leak in leaks if leak.fix)
+    assert not leaks, (
+        f"{table} is not owner-isolated:\n"
+        + "\n".join(f"  {x}" for x in leaks)
+        + "".join(f"\n  fix: {fix}" for fix in fixes)
+    )
