@@ -10,10 +10,18 @@ import sqlalchemy
 from psycopg import sql
 from sqlalchemy import Engine, event, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlmodel import Session, select
 
 import todo_rls
-from todo_rls import EngineSettings, InvalidUserIdError, Task, UnsafeRoleError, scoped_session
+from todo_rls import (
+    EngineSettings,
+    InvalidUserIdError,
+    Task,
+    UnsafeRoleError,
+    scoped_async_session,
+    scoped_session,
+)
 from todo_rls import session as session_module
 from todo_rls.session import current_user_id
 
@@ -469,12 +477,16 @@ def test_scoped_session_needs_the_psycopg_driver() -> None:
         engine.dispose()
 
 
+@pytest.mark.parametrize("leftover_path", [None, "pg_temp, public", "''", "pg_temp"])
 def test_temp_table_left_on_a_pooled_connection_cannot_catch_the_next_users_rows(
-    one_connection_engine: Engine, bob: str
+    leftover_path: str | None, one_connection_engine: Engine, bob: str
 ) -> None:
     engine = one_connection_engine
-    # A hostile client leaves a temp table named like ours on the shared connection.
+    # A hostile client leaves a temp table named like ours on the shared connection, and may
+    # leave a session-level search_path that puts pg_temp first (or nothing at all).
     with engine.connect() as conn:
+        if leftover_path is not None:
+            conn.exec_driver_sql(f"set search_path = {leftover_path}")
         conn.exec_driver_sql("create temp table task (like public.task including defaults)")
         conn.commit()
         pid = conn.exec_driver_sql("select pg_backend_pid()").scalar()
@@ -611,21 +623,27 @@ def test_owner_of_any_table_with_row_level_security_is_refused(
             admin.execute("drop schema private cascade")
 
 
-def test_a_connection_in_a_transaction_is_refused(app_engine: Engine, alice: str) -> None:
+def test_a_connection_is_refused_only_an_engine_scopes(app_engine: Engine, alice: str) -> None:
+    with scoped_session(app_engine, alice) as session:  # positive control: an Engine scopes
+        assert_scoped_to(session, alice, set())
     with app_engine.connect() as conn:
-        with scoped_session(conn, alice) as session:  # positive control: no transaction yet
-            assert_scoped_to(session, alice, set())
-            session.commit()
-        conn.exec_driver_sql("select 1")  # autobegins a transaction the session would join
+        # Bound to a Connection, the session would share its transaction with code outside it.
         with (
-            pytest.raises(ValueError, match="no transaction open"),
-            scoped_session(conn, alice),
+            pytest.raises(TypeError, match="needs an Engine, not a connection"),
+            scoped_session(conn, alice),  # type: ignore[arg-type]
         ):
             pass
         assert conn.exec_driver_sql("select current_setting('app.user_id', true)").scalar() in (
             None,
             "",
         )
+
+
+async def test_an_async_connection_is_refused(app_async_engine: AsyncEngine, alice: str) -> None:
+    async with app_async_engine.connect() as conn:
+        with pytest.raises(TypeError, match="needs an AsyncEngine, not a connection"):
+            async with scoped_async_session(conn, alice):  # type: ignore[arg-type]
+                pass
 
 
 def test_a_role_left_behind_on_a_pooled_connection_is_checked_at_once(
@@ -655,6 +673,39 @@ def test_a_role_left_behind_on_a_pooled_connection_is_checked_at_once(
         with (
             scoped_session(engine, alice) as session,
             pytest.raises(UnsafeRoleError, match=f"'{bypassing}' has BYPASSRLS"),
+        ):
+            session.connection()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("how", ["has CREATEROLE", "member of a CREATEROLE role"])
+def test_a_role_that_can_grant_itself_any_role_is_refused(
+    how: str,
+    pg_server: PgServer,
+    dbname: str,
+    admin: psycopg.Connection[Any],
+    alice: str,
+    create_role: CreateRole,
+) -> None:
+    # On PostgreSQL 15, CREATEROLE can grant itself a BYPASSRLS role or the tables' owner.
+    login = create_role("member", "login")
+    admin.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(login)))
+    engine = todo_rls.create_engine(url_as(pg_server, dbname, login))
+    try:
+        with scoped_session(engine, alice) as session:  # positive control: accepted until then
+            assert session.connection().exec_driver_sql("select current_user").scalar() == login
+        engine.dispose()
+        if how == "has CREATEROLE":
+            admin.execute(sql.SQL("alter role {} createrole").format(sql.Identifier(login)))
+        else:
+            creator = create_role("creator", "nologin", "createrole")
+            admin.execute(
+                sql.SQL("grant {} to {}").format(sql.Identifier(creator), sql.Identifier(login))
+            )
+        with (
+            scoped_session(engine, alice) as session,
+            pytest.raises(UnsafeRoleError, match="CREATEROLE"),
         ):
             session.connection()
     finally:

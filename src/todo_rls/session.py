@@ -17,7 +17,7 @@ checked at once. The verdict lives in the pool's per-connection info,
 which dies with the connection (invalidation, pool_recycle, dispose).
 """
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from time import monotonic
@@ -43,13 +43,12 @@ ROLE_RECHECK_SECONDS = 60.0
 _ROLE_CHECKED_KEY = "todo_rls.role_checked"  # {set_role: (monotonic(), role)} per connection
 
 _SET_ROLE = sql.SQL("select pg_catalog.set_config('role', {role}, true)")
-# pg_temp is searched first unless the path names it. Naming it last, for this transaction,
-# keeps a temp table called "task" (left on a pooled connection by a hostile client) from
-# shadowing public.task and catching the next user's rows.
-_TEMP_SCHEMA_LAST = sql.SQL("""
-select pg_catalog.set_config('search_path', pg_catalog.concat_ws(', ',
-         nullif(pg_catalog.current_setting('search_path'), ''), 'pg_temp'), true)
-""")
+# A fixed path for this transaction, with pg_temp named last. pg_temp is searched first unless
+# the path names it, and a path left at session level on a pooled connection by another client
+# (say "pg_temp, public", or "") cannot be trusted either: either way a temp table called "task"
+# would catch the next user's rows instead of public.task.
+_SEARCH_PATH = sql.SQL("select pg_catalog.set_config('search_path', {path}, true)")
+DEFAULT_SEARCH_PATH = ("public",)
 # Sets the user for this transaction only, and reports whether RLS could be silently off for
 # the effective role: superuser, BYPASSRLS, owner of a table with row-level security (in any
 # schema: an app's own owned tables too), or a member of a role that is any of these (one SET
@@ -62,6 +61,7 @@ select pg_catalog.set_config('app.user_id', {user_id}, true),
        r.rolname::text,
        r.rolsuper,
        r.rolbypassrls,
+       r.rolcreaterole,
        exists (
          select from pg_catalog.pg_class c
          where c.relrowsecurity
@@ -69,7 +69,7 @@ select pg_catalog.set_config('app.user_id', {user_id}, true),
        ),
        exists (
          select from pg_catalog.pg_roles b
-         where (b.rolsuper or b.rolbypassrls) and b.oid <> r.oid
+         where (b.rolsuper or b.rolbypassrls or b.rolcreaterole) and b.oid <> r.oid
            and pg_catalog.pg_has_role(r.oid, b.oid, 'MEMBER')
        )
 from pg_catalog.pg_roles r
@@ -79,10 +79,11 @@ where r.rolname = current_user
 
 @dataclass(frozen=True)
 class Scope:
-    """Who a session acts for, and which role (if any) to switch to in each transaction."""
+    """Who a session acts for, the role to switch to (if any) and the schemas to search."""
 
     user_id: str
     set_role: str | None = None
+    search_path: tuple[str, ...] = DEFAULT_SEARCH_PATH
 
 
 def current_user_id(session: orm.Session) -> str:
@@ -97,14 +98,22 @@ def _check_role(row: list[bytes | None] | None, scope: Scope) -> None:
     if row is None:  # current_user has no pg_roles row: it was dropped under us
         raise UnsafeRoleError("the current database role no longer exists")
     role = (row[1] or b"").decode()
-    superuser, bypassrls, owns_tables, can_become_bypass = (value == b"t" for value in row[2:])
+    superuser, bypassrls, createrole, owns_tables, can_become_bypass = (
+        value == b"t" for value in row[2:]
+    )
     reasons = [
         why
         for flag, why in (
             (superuser, "is a superuser"),
             (bypassrls, "has BYPASSRLS"),
+            # On PostgreSQL 15 and older, CREATEROLE can grant itself any non-superuser role,
+            # a BYPASSRLS one or the tables' owner included.
+            (createrole, "has CREATEROLE"),
             (owns_tables, "owns the protected tables"),
-            (can_become_bypass, "is a member of a superuser or BYPASSRLS role"),
+            (
+                can_become_bypass,
+                "is a member of a superuser or BYPASSRLS role (or a CREATEROLE one)",
+            ),
         )
         if flag
     ]
@@ -149,7 +158,9 @@ def _scope_query(conn: psycopg.BaseConnection[Any], scope: Scope, check_role: bo
         statements.append(_begin(conn))
     if scope.set_role is not None:
         statements.append(_SET_ROLE.format(role=sql.Literal(scope.set_role)))
-    statements.append(_TEMP_SCHEMA_LAST)
+    schemas = [sql.Identifier(schema) for schema in scope.search_path] + [sql.SQL("pg_temp")]
+    path = sql.SQL(", ").join(schemas).as_string(conn)
+    statements.append(_SEARCH_PATH.format(path=sql.Literal(path)))
     set_user = _SET_USER_AND_INSPECT_ROLE if check_role else _SET_USER
     statements.append(set_user.format(user_id=sql.Literal(scope.user_id)))
     return sql.SQL("; ").join(statements).as_bytes(conn)
@@ -247,39 +258,64 @@ def _scope_transaction(
         _role_checked(pooled.info, scope, role)
 
 
-def _scope(user_id: object, set_role: str | None) -> Scope:
+def _scope(user_id: object, set_role: str | None, search_path: Sequence[str]) -> Scope:
     if set_role is not None and (not isinstance(set_role, str) or not set_role):
         raise ValueError("set_role must be a role name such as 'todo_app', or None")
-    return Scope(validate_user_id(user_id), set_role)
+    if (
+        isinstance(search_path, str)
+        or not search_path
+        or not all(isinstance(schema, str) and schema for schema in search_path)
+        or any(schema.lower() == "pg_temp" for schema in search_path)
+    ):
+        raise ValueError(
+            "search_path must be a non-empty sequence of schema names such as ('public',); "
+            "pg_temp is always added last"
+        )
+    return Scope(validate_user_id(user_id), set_role, tuple(search_path))
+
+
+_ENGINE_ONLY = (
+    "{} needs an {}, not a connection: a session bound to a connection shares its transaction "
+    "with code outside the session, and app.user_id would outlive the session"
+)
 
 
 @contextmanager
 def scoped_session(
-    engine: Engine | Connection, user_id: str, *, set_role: str | None = None, **kwargs: Any
+    engine: Engine,
+    user_id: str,
+    *,
+    set_role: str | None = None,
+    search_path: Sequence[str] = DEFAULT_SEARCH_PATH,
+    **kwargs: Any,
 ) -> Iterator[Session]:
     """A Session whose every transaction sees and writes only user_id's rows.
 
     Not SQLAlchemy's ``scoped_session`` (a thread-local registry): this one scopes to a user.
     set_role switches to that role (e.g. ``"todo_app"``) inside each transaction, for
-    deployments that log in as a role RLS does not bind. kwargs go to Session().
+    deployments that log in as a role RLS does not bind. search_path is the transaction's
+    schema search path (pg_temp is added last). kwargs go to Session().
     """
-    scope = _scope(user_id, set_role)
-    if isinstance(engine, Connection) and engine.in_transaction():
-        # The session would join that transaction, and app.user_id would outlive the session.
-        raise ValueError(
-            "scoped_session needs an Engine, or a Connection with no transaction open; "
-            "commit or roll back the connection's transaction first"
-        )
+    scope = _scope(user_id, set_role, search_path)
+    if not isinstance(engine, Engine):
+        raise TypeError(_ENGINE_ONLY.format("scoped_session", "Engine"))
     with _ScopedSession(engine, info={_SCOPE_KEY: scope}, **kwargs) as session:
         yield session
 
 
 @asynccontextmanager
 async def scoped_async_session(
-    engine: AsyncEngine, user_id: str, *, set_role: str | None = None, **kwargs: Any
+    engine: AsyncEngine,
+    user_id: str,
+    *,
+    set_role: str | None = None,
+    search_path: Sequence[str] = DEFAULT_SEARCH_PATH,
+    **kwargs: Any,
 ) -> AsyncIterator[AsyncSession]:
     """The asyncio twin of scoped_session; run sync helpers with ``await session.run_sync``."""
-    scope = _scope(user_id, set_role)
+    scope = _scope(user_id, set_role, search_path)
+    if not isinstance(engine, AsyncEngine):
+        raise TypeError(_ENGINE_ONLY.format("scoped_async_session", "AsyncEngine"))
     async with AsyncSession(
         engine, sync_session_class=_ScopedSession, info={_SCOPE_KEY: scope}, **kwargs
     ) as session:
