@@ -8,7 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from sqlalchemy import URL, Engine, text
 from sqlmodel import Session
@@ -19,7 +21,13 @@ from todo_rls.bench.measure import engine, measure_round_trips
 from todo_rls.bench.patterns import PATTERNS, Pattern
 from todo_rls.bench.plans import index_scans_only, plan_of
 from todo_rls.bench.scales import SCALES
-from todo_rls.bench.setup import BENCH_APP_ROLE, admin_connect, prepare_database
+from todo_rls.bench.setup import (
+    BENCH_APP_ROLE,
+    BENCH_BYPASS_ROLE,
+    admin_connect,
+    disable_bypass_login,
+    prepare_database,
+)
 from todo_rls.bench.subjects import Subject, pick_subjects
 from todo_rls.session import scoped_session
 
@@ -82,10 +90,13 @@ def bench_db(pg_server: PgServer) -> Iterator[BenchDb]:
     admin_url = pg_server.url("postgres").render_as_string(hide_password=False)
     with pg_server.scratch_database() as dbname:
         admin, app_url, bypass_url = prepare_database(admin_url, dbname)
-        with admin_connect(admin) as conn:
-            generate(conn, TINY)  # ends with ANALYZE
-            subjects = pick_subjects(conn)
-        yield BenchDb(admin_url, dbname, admin, app_url, bypass_url, subjects)
+        try:
+            with admin_connect(admin) as conn:
+                generate(conn, TINY)  # ends with ANALYZE
+                subjects = pick_subjects(conn)
+            yield BenchDb(admin_url, dbname, admin, app_url, bypass_url, subjects)
+        finally:
+            disable_bypass_login(admin)  # as `todo-rls bench` does: no BYPASSRLS login left
 
 
 @pytest.fixture(scope="module")
@@ -160,9 +171,29 @@ def test_scoped_request_takes_no_more_round_trips_than_unscoped(bench_db: BenchD
     assert trips["extra"] == 0
 
 
-def test_bench_tiny_json_smoke(
+def _libpq(url: URL) -> str:
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+def _bypass_login_state(bench_db: BenchDb) -> tuple[Any, ...]:
+    """(LOGIN, VALID UNTIL within a day and a bit from now) of the bench's BYPASSRLS role."""
+    with admin_connect(bench_db.admin) as conn:
+        row = conn.execute(
+            "select rolcanlogin, rolvaliduntil between now() and now() + interval '25 hours'"
+            " from pg_catalog.pg_roles where rolname = %s",
+            (BENCH_BYPASS_ROLE,),
+        ).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
+def test_bench_tiny_json_smoke_then_the_bypass_login_is_disabled(
     bench_db: BenchDb, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    # Positive control: during a run the BYPASSRLS role logs in (with an expiring password).
+    with psycopg.connect(_libpq(bench_db.bypass_url)) as conn:
+        assert conn.execute("select current_user::text").fetchone() == (BENCH_BYPASS_ROLE,)
+    assert _bypass_login_state(bench_db) == (True, True)
     chart = tmp_path / "bench.png"
     argv = ["bench", "--url", bench_db.admin_url, "--scale", "tiny", "--database"]
     argv += [bench_db.dbname, "--iterations", "3", "--threads", "2", "--json"]
@@ -180,6 +211,36 @@ def test_bench_tiny_json_smoke(
     assert {"scoped_tps", "unscoped_tps", "ratio"} <= set(result["throughput"])
     assert (tmp_path / "results" / "tiny.json").is_file()
     assert chart.read_bytes().startswith(b"\x89PNG")
+    # After the run nothing can log in as the role that reads every user's rows.
+    assert _bypass_login_state(bench_db) == (False, True)
+    with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
+        psycopg.connect(_libpq(bench_db.bypass_url)).close()
+
+
+@pytest.mark.parametrize(
+    "host", ["db.example.invalid", "ep-cool-1.us-east-2.aws.neon.tech", "192.0.2.10"]
+)
+def test_bench_refuses_a_remote_server_without_the_flag(
+    host: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"postgresql://postgres:secret@{host}:5432/postgres?connect_timeout=2"
+    # No connection is tried: the refusal comes first (192.0.2.0/24 is TEST-NET-1, unrouted).
+    assert cli.main(["bench", "--url", url, "--scale", "tiny"]) == 2
+    error = capsys.readouterr().err
+    assert f"{host} is not this machine" in error
+    assert "--allow-remote-server" in error
+
+
+def test_the_remote_check_lets_local_servers_through_and_the_flag_lets_any(
+    bench_db: BenchDb,
+) -> None:
+    # Control for the test above: the test server (local) passes without the flag...
+    admin, _, _ = prepare_database(bench_db.admin_url, bench_db.dbname)
+    disable_bypass_login(admin)
+    # ...and the flag gets a remote host past the check, to the connection attempt.
+    url = "postgresql://postgres@db.example.invalid:5432/postgres?connect_timeout=2"
+    with pytest.raises(psycopg.OperationalError):
+        prepare_database(url, "todo_rls_bench_tiny", allow_remote=True)
 
 
 def test_bench_refuses_a_non_superuser_url_and_says_why(

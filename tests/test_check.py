@@ -200,27 +200,47 @@ def test_fail_open_using_is_found(breaks: Breaks, predicate: str) -> None:
     assert breaks(statement) == [("POL003", "public.task")]
 
 
-def test_owner_column_with_a_case_insensitive_collation_is_found(breaks: Breaks) -> None:
+NOTE_POLICIES = "; ".join(
+    f"create policy note_{command} on public.note for {command} to todo_app {clauses}"
+    for command, clauses in (
+        ("select", f"using ({CANONICAL})"),
+        ("insert", f"with check ({CANONICAL})"),
+        ("update", f"using ({CANONICAL}) with check ({CANONICAL})"),
+        ("delete", f"using ({CANONICAL})"),
+    )
+)
+
+
+def test_owner_column_with_a_case_insensitive_collation_is_found(
+    breaks: Breaks,
+    capsys: pytest.CaptureFixture[str],
+    admin: psycopg.Connection[Any],
+    app_login_url: str,
+) -> None:
     # The policy text is canonical; the column's collation makes 'ALICE' equal 'alice'.
     statement = (
         "create collation public.ci (provider = icu, locale = 'und-u-ks-level2', "
         "deterministic = false); "
         "create table public.note (id int, user_id text collate public.ci); "
         "alter table public.note enable row level security, force row level security; "
-        "grant select, insert, update, delete on public.note to todo_app; "
-        + "; ".join(
-            f"create policy note_{command} on public.note for {command} to todo_app {clauses}"
-            for command, clauses in (
-                ("select", f"using ({CANONICAL})"),
-                ("insert", f"with check ({CANONICAL})"),
-                ("update", f"using ({CANONICAL}) with check ({CANONICAL})"),
-                ("delete", f"using ({CANONICAL})"),
-            )
-        )
+        "grant select, insert, update, delete on public.note to todo_app; " + NOTE_POLICIES
     )
     findings = breaks(statement)
     assert set(findings) == {("POL003", "public.note")}
     assert len(findings) == 5  # every clause of the four policies
+
+    # The fix is the column's collation, not the (already canonical) policy text...
+    _, report = run_check(capsys, app_login_url)
+    alter = 'alter table public.note alter column user_id type text collate "default";'
+    assert {f["fix"].split(" (")[0] for f in report["findings"]} == {alter}
+    # ...and it works, done the way the fix says (PostgreSQL refuses it while policies exist).
+    with admin.transaction():
+        for command in ("select", "insert", "update", "delete"):
+            admin.execute(f"drop policy note_{command} on public.note".encode())
+        admin.execute(alter.encode())
+        admin.execute(NOTE_POLICIES.encode())
+    code, report = run_check(capsys, app_login_url)
+    assert (code, found(report)) == (0, [])
 
 
 def test_fail_open_with_check_is_found(breaks: Breaks) -> None:
@@ -288,6 +308,43 @@ def test_login_role_member_of_a_bypassing_role_is_found(
     admin.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(member)))
     grant = f'grant "{bypass}" to "{member}"'
     assert breaks(grant, "--login-role", member) == [("ROLE001", f"role {member}")]
+
+
+@pytest.mark.parametrize("through_a_group", [False, True], ids=["itself", "through a group"])
+def test_login_role_with_createrole_is_found_and_the_fix_works(
+    capsys: pytest.CaptureFixture[str],
+    admin: psycopg.Connection[Any],
+    app_login_url: str,
+    create_role: CreateRole,
+    through_a_group: bool,
+) -> None:
+    # On PostgreSQL 15 a CREATEROLE role can grant itself a BYPASSRLS role or a table owner.
+    member = create_role("member", "login")
+    admin.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(member)))
+    code, report = run_check(capsys, app_login_url, "--login-role", member)
+    assert (code, found(report)) == (0, []), "positive control: a plain member is clean"
+
+    holder = create_role("creator", "nologin", "createrole") if through_a_group else member
+    if through_a_group:
+        admin.execute(
+            sql.SQL("grant {} to {}").format(sql.Identifier(holder), sql.Identifier(member))
+        )
+    else:
+        admin.execute(sql.SQL("alter role {} createrole").format(sql.Identifier(member)))
+    code, report = run_check(capsys, app_login_url, "--login-role", member)
+    assert (code, found(report)) == (1, [("ROLE001", f"role {member}")])
+    fix = report["findings"][0]["fix"]
+    statement = (
+        f"revoke {holder} from {member}"
+        if through_a_group
+        else (f"alter role {member} nocreaterole")
+    )
+    assert fix.startswith(f"{statement};"), fix
+    assert "CREATEROLE" in report["findings"][0]["message"]
+
+    admin.execute(statement.encode())  # the fix it names is enough
+    code, report = run_check(capsys, app_login_url, "--login-role", member)
+    assert (code, found(report)) == (0, [])
 
 
 def test_login_members_of_the_app_role_are_checked_by_default(

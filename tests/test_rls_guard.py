@@ -268,6 +268,34 @@ def test_enable_owner_rls_refuses_a_table_without_an_owner_column_and_changes_no
     assert snapshot(admin) == before
 
 
+def test_enable_owner_rls_refuses_a_case_insensitive_owner_column_naming_the_fix(
+    admin: psycopg.Connection[Any], migration_connection: Connection
+) -> None:
+    admin.execute(
+        "create collation public.ci (provider = icu, locale = 'und-u-ks-level2',"
+        " deterministic = false)"
+    )
+    admin.execute(
+        'create table public.note (user_id text collate public.ci references public."user" (id),'
+        " updated_at timestamptz)"
+    )
+    before = snapshot(admin)
+    with pytest.raises(
+        Exception, match=r"user_id of public\.note has a nondeterministic"
+    ) as raised:
+        run_op(migration_connection, enable_owner_rls, "note")
+    error = getattr(raised.value, "orig", None)
+    assert isinstance(error, psycopg.errors.RaiseException)
+    fix = 'alter table public.note alter column user_id type text collate "default";'
+    assert error.diag.message_hint is not None and fix in error.diag.message_hint
+    migration_connection.rollback()
+    assert snapshot(admin) == before  # nothing half-written
+    # The fix it names works, and then the helper protects the table.
+    admin.execute(fix)
+    run_op(migration_connection, enable_owner_rls, "note")
+    assert rls_offenders(admin) == []
+
+
 def test_enable_owner_rls_without_trigger_accepts_a_table_without_updated_at(
     admin: psycopg.Connection[Any], migration_connection: Connection
 ) -> None:
@@ -359,8 +387,14 @@ def test_helper_emits_exactly_the_core_revisions_protection(
 
 # Frozen: migrations call these helpers, so already-applied revisions depend on this text.
 # A failure here means the emitted SQL changed; put the new behaviour in a new function.
+# The one allowed kind of change is to the precondition DO block (statement 1), which only
+# raises or passes and creates nothing: what a migration leaves behind for a valid table is
+# unchanged, and that resulting schema is what the frozen-history rule protects (the other
+# statements are still pinned, equal to the core revision's, by the test above). Changed once:
+# 2026-12 (review 2, finding 5), refuse a user_id with a nondeterministic collation
+# (was fcde56d2d73d87e495bc600c78e52a26e559f918541a7ab23b0ea691bbafea19).
 PINNED_SHA256 = {
-    "enable_owner_rls": "fcde56d2d73d87e495bc600c78e52a26e559f918541a7ab23b0ea691bbafea19",
+    "enable_owner_rls": "b3320781ff37b12102696f6259550aa176403858b1cf9ea70d87779229f0cf47",
     "disable_owner_rls": "88bf19dfcfbf7c5acdecd3e929f6f8a2580803fa537f974f148b69159d88919d",
 }
 

@@ -119,6 +119,8 @@ def grant(admin: psycopg.Connection[Any], role: str, to: str) -> None:
         ("bypassrls", "BYPASSRLS"),  # Neon's console roles: members of neon_superuser
         ("superuser", "a superuser"),
         ("owner", "owner of tables with row level security"),
+        # PostgreSQL 15: CREATEROLE grants itself membership in any non-superuser role.
+        ("createrole", "CREATEROLE: it can grant itself a role RLS does not bind"),
     ],
 )
 def test_a_role_that_can_set_role_past_rls_is_refused_untouched(
@@ -151,6 +153,22 @@ def test_a_role_that_can_set_role_past_rls_is_refused_untouched(
     admin.execute(
         sql.SQL("revoke {} from {}").format(sql.Identifier(escape), sql.Identifier(member))
     )
+    assert ensure_login_role(admin, login, PASSWORD) == login
+
+
+def test_an_existing_createrole_login_role_is_refused_untouched(
+    admin: psycopg.Connection[Any], create_role: CreateRole
+) -> None:
+    plain = create_role("plain", "login")
+    assert ensure_login_role(admin, plain, PASSWORD) == plain  # positive control
+    login = create_role("creator", "login", "createrole")
+    before = role_facts(admin, login)
+    fix = f"alter role {login} nocreaterole"
+    with pytest.raises(UnsafeRoleError, match=re.escape(f"{fix} (CREATEROLE: it can grant")):
+        ensure_login_role(admin, login, PASSWORD)
+    assert role_facts(admin, login) == before
+    assert before[3] is False
+    admin.execute(fix.encode())  # the fix it names works
     assert ensure_login_role(admin, login, PASSWORD) == login
 
 

@@ -96,6 +96,16 @@ begin
       using hint = 'An owned table needs user_id text (and updated_at timestamptz unless '
                    'updated_at=False is passed).';
   end if;
+  if exists (
+    select from pg_catalog.pg_attribute a
+    join pg_catalog.pg_collation c on c.oid = a.attcollation
+    where a.attrelid = {_literal(qualified)}::regclass and a.attname = 'user_id'
+      and not c.collisdeterministic) then
+    -- Under a case-insensitive collation 'ALICE' = 'alice': the policies would match other ids.
+    raise exception 'user_id of % has a nondeterministic collation', {_literal(qualified)}
+      using hint = 'Give it the default collation first: alter table ' || {_literal(qualified)}
+                   || ' alter column user_id type text collate "default";';
+  end if;
 end
 $$"""  # noqa: S608 (names are validated identifiers, quoted; no value from a caller)
 

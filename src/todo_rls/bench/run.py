@@ -18,6 +18,7 @@ from todo_rls.bench.setup import (
     BENCH_BYPASS_ROLE,
     admin_connect,
     bench_database,
+    disable_bypass_login,
     prepare_database,
 )
 from todo_rls.bench.subjects import pick_subjects
@@ -39,7 +40,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--url",
         help="admin URL (default: $DATABASE_URL; none: an embedded PostgreSQL): a superuser, "
         f"since the bench creates its database and login roles {BENCH_APP_ROLE} (member of "
-        f"todo_app) and {BENCH_BYPASS_ROLE} (BYPASSRLS)",
+        f"todo_app) and {BENCH_BYPASS_ROLE} (BYPASSRLS, NOLOGIN again after the run)",
+    )
+    parser.add_argument(
+        "--allow-remote-server",
+        action="store_true",
+        help=f"run against a server that is not this machine (it gets the BYPASSRLS login role "
+        f"{BENCH_BYPASS_ROLE}, valid for a day and disabled after the run)",
     )
     parser.add_argument(
         "--scale",
@@ -109,9 +116,23 @@ def _turns(iterations: int) -> tuple[float, int]:
 
 
 def measure_all(args: argparse.Namespace, scale: Scale) -> dict[str, Any]:
-    """Set up, fill and measure; the run's result as a JSON-ready dict."""
+    """Set up, fill and measure; the run's result as a JSON-ready dict. The bypass login is
+    disabled afterwards, whether the run succeeded or not."""
     dbname = args.database or bench_database(scale.name)
-    admin, app_url, bypass_url = prepare_database(_admin_url(args), dbname)
+    admin, app_url, bypass_url = prepare_database(
+        _admin_url(args), dbname, allow_remote=args.allow_remote_server
+    )
+    try:
+        return _measure(args, scale, admin, app_url, bypass_url)
+    finally:
+        disable_bypass_login(admin)
+
+
+def _measure(
+    args: argparse.Namespace, scale: Scale, admin: URL, app_url: URL, bypass_url: URL
+) -> dict[str, Any]:
+    """Fill (unless filled) and measure the database admin names."""
+    dbname = admin.database
     generation = _fill(admin, scale)
     with admin_connect(admin) as conn:
         subjects = pick_subjects(conn)

@@ -82,15 +82,21 @@ def fail_open_predicate(ctx: Context) -> Iterator[Hit]:
                 f"{expression} is not the canonical owner check; it may be always true, true "
                 "when app.user_id is unset or '', or compare only part of the id"
             )
+            yield _make_canonical(ctx, policy, clause, problem)
         elif not text_equality:
-            problem = (
-                f"{expression} reads as the owner check, but PostgreSQL does not compare it as "
-                "text equality under a deterministic collation (a case-insensitive collation "
-                "on user_id makes 'ALICE' equal 'alice')"
+            # The text is canonical, so the fault is the column's: rewriting the policy would
+            # change nothing. Give user_id back the default (deterministic) collation; ALTER
+            # COLUMN TYPE fails while a policy depends on the column, hence the drop/re-create.
+            table = ctx.table(policy.table).name
+            yield Hit(
+                table,
+                f"{_on(ctx, policy)}: {clause} {expression} reads as the owner check, but "
+                "PostgreSQL does not compare it as text equality under a deterministic "
+                "collation (a case-insensitive collation on user_id makes 'ALICE' equal 'alice')",
+                f'alter table {table} alter column user_id type text collate "default"; '
+                "(PostgreSQL refuses to alter a column a policy uses: in one transaction, drop "
+                f"the policies on {table}, alter the column, then create them again)",
             )
-        else:
-            continue
-        yield _make_canonical(ctx, policy, clause, problem)
 
 
 def update_without_check(ctx: Context) -> Iterator[Hit]:

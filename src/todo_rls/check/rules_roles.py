@@ -20,9 +20,23 @@ _BYPASSING_GROUPS = """
 """
 _ON_NEON = "(on Neon: create the app's login role in SQL, not in the console)"
 
+# CREATEROLE held by an app role, or by a role it is a member of (and can SET ROLE to). On
+# PostgreSQL 15 and older such a role can grant itself membership in any non-superuser role:
+# a BYPASSRLS role or a table owner is then one GRANT and one SET ROLE away. Roles already
+# reported as superuser or BYPASSRLS above are left out: one finding per way out is enough.
+_CREATEROLE = """
+    select r.oid::int, b.rolname::text, b.oid = r.oid
+    from pg_catalog.pg_roles r, pg_catalog.pg_roles b
+    where r.oid = any(%(roles)s::oid[]) and not r.rolsuper and not r.rolbypassrls
+      and b.rolcreaterole and not b.rolsuper and not b.rolbypassrls
+      and (b.oid = r.oid or pg_catalog.pg_has_role(r.oid, b.oid, 'MEMBER'))
+    order by 1, 3 desc, 2
+"""
+
 
 def role_bypasses_rls(ctx: Context) -> Iterator[Hit]:
-    """The app role or a login role that is, or can SET ROLE to, a superuser or BYPASSRLS role."""
+    """The app role or a login role that is, or can SET ROLE to, a superuser or BYPASSRLS role,
+    or a CREATEROLE role (which can make itself a member of one)."""
     for role in ctx.roles:
         attribute = "superuser" if role.superuser else "bypassrls" if role.bypassrls else None
         if attribute:
@@ -40,6 +54,24 @@ def role_bypasses_rls(ctx: Context) -> Iterator[Hit]:
             f"after set role {group} no policy applies",
             f"revoke {group} from {names[role]}; {_ON_NEON}",
         )
+    for role, group, itself in ctx.conn.execute(_CREATEROLE, {"roles": ctx.role_oids}):
+        escape = (
+            "it can grant itself membership in a BYPASSRLS role or a table owner"
+            " (PostgreSQL 15 and older)"
+        )
+        if itself:
+            yield Hit(
+                f"role {names[role]}",
+                f"role {names[role]} is CREATEROLE: {escape}",
+                f"alter role {names[role]} nocreaterole; {_ON_NEON}",
+            )
+        else:
+            yield Hit(
+                f"role {names[role]}",
+                f"role {names[role]} is a member of {group}, which is CREATEROLE: after set role"
+                f" {group} {escape}",
+                f"revoke {group} from {names[role]}; {_ON_NEON}",
+            )
 
 
 _OWNED = """

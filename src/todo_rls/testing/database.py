@@ -4,7 +4,6 @@ One implementation for the plugin and for todo-rls's own suite (tests/fix_server
 tests/fix_db.py build on it), so both test against databases made the same way.
 """
 
-import ipaddress
 import os
 import secrets
 import string
@@ -26,6 +25,7 @@ from todo_rls import migrate
 from todo_rls.demo import BETTER_AUTH_USER_DDL
 from todo_rls.embedded import start_embedded_server
 from todo_rls.errors import TodoRlsError, UnsafeRoleError
+from todo_rls.hosts import is_local_host as is_local_host  # re-exported for the plugin
 from todo_rls.session import APP_ROLE
 
 # The prefix of the login role each plugin run makes for its app connections. A role is
@@ -111,17 +111,6 @@ class Server:
                 conn.execute(
                     sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
                 )
-
-
-def is_local_host(host: str) -> bool:
-    """Whether host is a Unix-socket folder, localhost or a loopback address (not resolved:
-    a name that resolves to this machine today may not tomorrow)."""
-    if host.startswith("/") or host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -213,18 +202,25 @@ def _check_login_role(conn: psycopg.Connection[Any], name: str, bypass_rls: bool
 
 # Every grant that lets role %(name)s (directly, or through roles it belongs to, as the
 # wrapper's role check in todo_rls.session tests) SET ROLE to a role RLS does not bind here: a
-# superuser, a BYPASSRLS role (Neon's neon_superuser), or the owner of a table with RLS, who can
-# turn it off. Also the tables with RLS that the role owns itself.
+# superuser, a BYPASSRLS role (Neon's neon_superuser), the owner of a table with RLS, who can
+# turn it off, or a CREATEROLE role, which on PostgreSQL 15 can grant itself any of those. Also
+# the tables with RLS that the role owns itself, and CREATEROLE on the role itself.
 _ESCAPES = """
 select pg_catalog.format('revoke %%I from %%I', b.rolname, pg_catalog.pg_get_userbyid(m.member)),
        case when b.rolsuper then 'a superuser'
             when b.rolbypassrls then 'BYPASSRLS'
+            when b.rolcreaterole then 'CREATEROLE: it can grant itself a role RLS does not bind'
             else 'owner of tables with row level security' end
 from pg_catalog.pg_auth_members m
 join pg_catalog.pg_roles b on b.oid = m.roleid
 where pg_catalog.pg_has_role(%(name)s, m.member, 'MEMBER')
-  and (b.rolsuper or b.rolbypassrls or exists (
+  and (b.rolsuper or b.rolbypassrls or b.rolcreaterole or exists (
          select from pg_catalog.pg_class c where c.relrowsecurity and c.relowner = b.oid))
+union all
+select pg_catalog.format('alter role %%I nocreaterole', r.rolname),
+       'CREATEROLE: it can grant itself a role RLS does not bind'
+from pg_catalog.pg_roles r
+where r.rolname = %(name)s and r.rolcreaterole
 union all
 select pg_catalog.format('alter table %%s owner to <the migrations'' role>', c.oid::regclass),
        'the role owns it'
@@ -240,8 +236,8 @@ def _check_memberships(conn: psycopg.Connection[Any], name: str) -> None:
     if escapes:
         fixes = "; ".join(f"{fix} ({why})" for fix, why in escapes)
         raise UnsafeRoleError(
-            f"role {name} can SET ROLE to a role that row level security does not bind, so"
-            f" isolation tests through it would prove nothing: {fixes}"
+            f"role {name} can SET ROLE to a role that row level security does not bind, or"
+            f" grant itself one, so isolation tests through it would prove nothing: {fixes}"
         )
 
 
