@@ -3,6 +3,7 @@
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -19,15 +20,19 @@ from todo_rls.testing.database import new_user_id as new_user_id  # tests import
 
 from fix_server import PgServer
 
-# Cluster-wide login roles the tests connect as; created idempotently, never dropped.
+# Cluster-wide login roles the tests connect as; created idempotently, never dropped. Their
+# password is a fixed local convention, so each run lets them log in for one more day only.
 APP_LOGIN = "todo_rls_test_app"  # member of todo_app: what a deployment logs in as
 BYPASS_LOGIN = "todo_rls_test_bypass"  # BYPASSRLS member of todo_app: must be refused
 LOGIN_PASSWORD = "todo_rls_test"
+LOGIN_VALID_FOR = timedelta(days=1)
 
 
 def ensure_login_role(conn: psycopg.Connection[Any], name: str, *, bypass_rls: bool = False) -> str:
     """The suite's login role name (with the suite's password), a member of todo_app."""
-    return database.ensure_login_role(conn, name, LOGIN_PASSWORD, bypass_rls=bypass_rls)
+    return database.ensure_login_role(
+        conn, name, LOGIN_PASSWORD, bypass_rls=bypass_rls, valid_for=LOGIN_VALID_FOR
+    )
 
 
 def load_migrated_template(
@@ -35,7 +40,9 @@ def load_migrated_template(
 ) -> None:
     """pytest-postgresql loader: the plugin's migrated database, with the suite's login roles."""
     server = PgServer(host, int(port), user, password)
-    database.migrate_database(server, dbname, login_role=APP_LOGIN, password=LOGIN_PASSWORD)
+    database.migrate_database(
+        server, dbname, login_role=APP_LOGIN, password=LOGIN_PASSWORD, valid_for=LOGIN_VALID_FOR
+    )
     with server.connect(dbname, autocommit=True) as conn:
         ensure_login_role(conn, BYPASS_LOGIN, bypass_rls=True)
 
