@@ -12,7 +12,7 @@ from todo_rls import migrate
 from todo_rls.demo import BETTER_AUTH_USER_DDL
 from todo_rls.engine import database_url
 from todo_rls.errors import TodoRlsError
-from todo_rls.hosts import is_local_host
+from todo_rls.login_roles import is_local_host, password_clause
 from todo_rls.session import APP_ROLE
 
 # (a): what a deployment logs in as, a member of todo_app that row-level security binds.
@@ -65,14 +65,11 @@ def _ensure_login_role(conn: psycopg.Connection[Any], name: str, bypass: bool) -
             conn.execute(sql.SQL("create role {} login").format(role))
     except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
         pass  # an earlier run (maybe at another scale) created it, and disabled its login
-    # The server's clock, in its own DateStyle: VALID UNTIL takes a literal, no expression.
-    until = conn.execute("select (pg_catalog.now() + %s)::text", (LOGIN_VALID_FOR,)).fetchone()
-    assert until is not None
     attributes = sql.SQL("bypassrls" if bypass else "nobypassrls")
     conn.execute(
-        sql.SQL(
-            "alter role {} login nosuperuser nocreaterole {} password {} valid until {}"
-        ).format(role, attributes, sql.Literal(password), sql.Literal(until[0]))
+        sql.SQL("alter role {} login nosuperuser nocreaterole {} {}").format(
+            role, attributes, password_clause(conn, password, LOGIN_VALID_FOR)
+        )
     )
     # Both roles reach the tables through todo_app's grants: same privileges, only RLS differs.
     conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(APP_ROLE), role))

@@ -25,7 +25,8 @@ from todo_rls import migrate
 from todo_rls.demo import BETTER_AUTH_USER_DDL
 from todo_rls.embedded import start_embedded_server
 from todo_rls.errors import TodoRlsError, UnsafeRoleError
-from todo_rls.hosts import is_local_host as is_local_host  # re-exported for the plugin
+from todo_rls.login_roles import is_local_host as is_local_host  # re-exported for the plugin
+from todo_rls.login_roles import password_clause
 from todo_rls.session import APP_ROLE
 
 # The prefix of the login role each plugin run makes for its app connections. A role is
@@ -154,12 +155,7 @@ def ensure_login_role(
     is created, altered or granted (one transaction).
     """
     role = sql.Identifier(name)
-    secret = sql.SQL("password {}").format(sql.Literal(password))
-    if valid_for is not None:
-        # The server's clock, in its own DateStyle: VALID UNTIL takes a literal, no expression.
-        until = conn.execute("select (pg_catalog.now() + %s)::text", (valid_for,)).fetchone()
-        assert until is not None
-        secret += sql.SQL(" valid until {}").format(sql.Literal(until[0]))
+    secret = password_clause(conn, password, valid_for)
     bypass = sql.SQL("bypassrls" if bypass_rls else "nobypassrls")
     with conn.transaction():
         try:
