@@ -582,18 +582,39 @@ def test_set_role_the_login_cannot_take_is_refused_naming_the_grant(
         engine.dispose()
 
 
-@pytest.mark.parametrize("table", ["public.user_preference", "private.note"])
-def test_owner_of_any_table_with_row_level_security_is_refused(
-    table: str,
+class Member(NamedTuple):
+    login: str
+    engine: Engine
+
+
+@pytest.fixture
+def member(
     pg_server: PgServer,
     dbname: str,
     admin: psycopg.Connection[Any],
     alice: str,
     create_role: CreateRole,
-) -> None:
-    login = create_role("owner", "login")
+) -> Iterator[Member]:
+    """A scratch login in todo_app with a one-connection engine, accepted as it starts (the
+    positive control); the test then makes it unsafe."""
+    login = create_role("member", "login")
     admin.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(login)))
-    engine = todo_rls.create_engine(url_as(pg_server, dbname, login))
+    engine = todo_rls.create_engine(
+        url_as(pg_server, dbname, login), EngineSettings(pool_size=1, max_overflow=0)
+    )
+    try:
+        with scoped_session(engine, alice) as session:
+            assert session.connection().exec_driver_sql("select current_user").scalar() == login
+        yield Member(login, engine)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("table", ["public.user_preference", "private.note"])
+def test_owner_of_any_table_with_row_level_security_is_refused(
+    table: str, member: Member, admin: psycopg.Connection[Any], alice: str
+) -> None:
+    login, engine = member
     schema, name = table.split(".")
     target = sql.Identifier(schema, name)
     if schema == "private":  # an app's own owned table, outside the core schema
@@ -605,9 +626,7 @@ def test_owner_of_any_table_with_row_level_security_is_refused(
     ).fetchone()
     assert original is not None
     try:
-        with scoped_session(engine, alice) as session:  # positive control: accepted until then
-            assert session.connection().exec_driver_sql("select current_user").scalar() == login
-        engine.dispose()
+        engine.dispose()  # a new connection: its first transaction checks the role
         admin.execute(sql.SQL("alter table {} owner to {}").format(target, sql.Identifier(login)))
         with (
             scoped_session(engine, alice) as session,
@@ -615,7 +634,6 @@ def test_owner_of_any_table_with_row_level_security_is_refused(
         ):
             session.connection()
     finally:
-        engine.dispose()
         admin.execute(
             sql.SQL("alter table {} owner to {}").format(target, sql.Identifier(original[0]))
         )
@@ -647,66 +665,46 @@ async def test_an_async_connection_is_refused(app_async_engine: AsyncEngine, ali
 
 
 def test_a_role_left_behind_on_a_pooled_connection_is_checked_at_once(
-    pg_server: PgServer,
-    dbname: str,
-    admin: psycopg.Connection[Any],
-    alice: str,
-    create_role: CreateRole,
+    member: Member, admin: psycopg.Connection[Any], alice: str, create_role: CreateRole
 ) -> None:
     # Like a session-level SET ROLE that another client left on a server connection behind a
-    # transaction-mode PgBouncer, after this connection's last role check passed.
-    login = create_role("member", "login")
-    admin.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(login)))
-    engine = todo_rls.create_engine(
-        url_as(pg_server, dbname, login), EngineSettings(pool_size=1, max_overflow=0)
+    # transaction-mode PgBouncer, after this connection's last role check passed (the fixture's
+    # positive control).
+    login, engine = member
+    bypassing = create_role("bypassrls", "nologin", "bypassrls")
+    admin.execute(
+        sql.SQL("grant {} to {}").format(sql.Identifier(bypassing), sql.Identifier(login))
     )
-    try:
-        with scoped_session(engine, alice) as session:  # positive control: checked, accepted
-            assert session.connection().exec_driver_sql("select current_user").scalar() == login
-        bypassing = create_role("bypassrls", "nologin", "bypassrls")
-        admin.execute(
-            sql.SQL("grant {} to {}").format(sql.Identifier(bypassing), sql.Identifier(login))
-        )
-        with engine.connect() as conn:  # the pool's only connection
-            conn.exec_driver_sql(f'set role "{bypassing}"')
-            conn.commit()
-        with (
-            scoped_session(engine, alice) as session,
-            pytest.raises(UnsafeRoleError, match=f"'{bypassing}' has BYPASSRLS"),
-        ):
-            session.connection()
-    finally:
-        engine.dispose()
+    with engine.connect() as conn:  # the pool's only connection
+        conn.exec_driver_sql(f'set role "{bypassing}"')
+        conn.commit()
+    with (
+        scoped_session(engine, alice) as session,
+        pytest.raises(UnsafeRoleError, match=f"'{bypassing}' has BYPASSRLS"),
+    ):
+        session.connection()
 
 
 @pytest.mark.parametrize("how", ["has CREATEROLE", "member of a CREATEROLE role"])
 def test_a_role_that_can_grant_itself_any_role_is_refused(
     how: str,
-    pg_server: PgServer,
-    dbname: str,
+    member: Member,
     admin: psycopg.Connection[Any],
     alice: str,
     create_role: CreateRole,
 ) -> None:
     # On PostgreSQL 15, CREATEROLE can grant itself a BYPASSRLS role or the tables' owner.
-    login = create_role("member", "login")
-    admin.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(login)))
-    engine = todo_rls.create_engine(url_as(pg_server, dbname, login))
-    try:
-        with scoped_session(engine, alice) as session:  # positive control: accepted until then
-            assert session.connection().exec_driver_sql("select current_user").scalar() == login
-        engine.dispose()
-        if how == "has CREATEROLE":
-            admin.execute(sql.SQL("alter role {} createrole").format(sql.Identifier(login)))
-        else:
-            creator = create_role("creator", "nologin", "createrole")
-            admin.execute(
-                sql.SQL("grant {} to {}").format(sql.Identifier(creator), sql.Identifier(login))
-            )
-        with (
-            scoped_session(engine, alice) as session,
-            pytest.raises(UnsafeRoleError, match="CREATEROLE"),
-        ):
-            session.connection()
-    finally:
-        engine.dispose()
+    login, engine = member
+    engine.dispose()  # a new connection: its first transaction checks the role
+    if how == "has CREATEROLE":
+        admin.execute(sql.SQL("alter role {} createrole").format(sql.Identifier(login)))
+    else:
+        creator = create_role("creator", "nologin", "createrole")
+        admin.execute(
+            sql.SQL("grant {} to {}").format(sql.Identifier(creator), sql.Identifier(login))
+        )
+    with (
+        scoped_session(engine, alice) as session,
+        pytest.raises(UnsafeRoleError, match="CREATEROLE"),
+    ):
+        session.connection()
