@@ -176,12 +176,19 @@ def test_a_loose_owner_comparison_fails_every_time(
     rls_admin.execute(
         f"alter policy note_update on note using ({predicate}) with check ({predicate})"
     )
-    # Five runs, each with fresh random users: a near miss must catch it in every one.
+    # Five runs, each with fresh random users: a near miss must catch it in every one. Each
+    # run leaves its owner's row, and a loose predicate may also reach an earlier owner's, so
+    # the lines are compared with the row count left out ("reached N row(s)", N >= 1).
     for _ in range(5):
         with pytest.raises(AssertionError) as failed:
             rls_assert_owner_isolated(note, NOTE)
-        missing = [line for line in expected if line not in str(failed.value)]
+        reported = _without_counts(str(failed.value))
+        missing = [line for line in expected if _without_counts(line) not in reported]
         assert not missing, f"not reported: {missing}\n{failed.value}"
+
+
+def _without_counts(text: str) -> str:
+    return re.sub(r"reached [1-9][0-9]* row\(s\)", "reached N row(s)", text)
 
 
 def test_a_policy_that_hides_the_owners_row_fails_its_positive_control(
