@@ -541,6 +541,26 @@ def test_bad_input_gets_422_and_writes_nothing(
     ).fetchone() == (1, 0)
 
 
+def test_a_deleted_users_valid_token_gets_401_on_writes_and_reads_nothing(
+    stack: Stack, db: psycopg.Connection[Any], api: httpx.Client
+) -> None:
+    alice = sign_up(stack)
+    created = api.post("/tasks", json={"title": "before"}, headers=alice.auth)
+    assert created.status_code == 201, created.text  # positive control
+    db.execute('delete from "user" where id = %s', (alice.user_id,))  # cascades to her rows
+
+    for path, body in [("/tasks", {"title": "after"}), ("/conversations", {})]:
+        refused = api.post(path, json=body, headers=alice.auth)
+        _assert_unauthorized(refused)
+        assert refused.json() == {"detail": "the token's user no longer exists; sign in again"}
+    assert _ids(api.get("/tasks", headers=alice.auth)) == set()
+    assert db.execute(
+        "select (select count(*) from task where user_id = %(u)s),"
+        " (select count(*) from conversation where user_id = %(u)s)",
+        {"u": alice.user_id},
+    ).fetchone() == (0, 0)
+
+
 def test_an_oversized_body_gets_413_and_writes_nothing(
     stack: Stack, db: psycopg.Connection[Any], api: httpx.Client
 ) -> None:

@@ -165,6 +165,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(
         todo_rls.InvalidInputError, _error_response(status.HTTP_422_UNPROCESSABLE_CONTENT)
     )
+    app.add_exception_handler(todo_rls.UnknownUserError, _signed_out)
     return app
 
 
@@ -174,3 +175,13 @@ def _error_response(code: int) -> Callable[[Request, Exception], Awaitable[Respo
         return JSONResponse({"detail": str(error)}, status_code=code)
 
     return handler
+
+
+async def _signed_out(_request: Request, _error: Exception) -> JSONResponse:
+    # A valid token of a user Better Auth has deleted since: its writes fail on the foreign key
+    # to "user", and the caller is answered as if the token were bad (reads just find nothing).
+    return JSONResponse(
+        {"detail": "the token's user no longer exists; sign in again"},
+        status_code=status.HTTP_401_UNAUTHORIZED,
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )

@@ -9,6 +9,7 @@ from todo_rls.errors import (
     MigrationPreconditionError,
     NotFoundError,
     TodoRlsError,
+    UnknownUserError,
     UnsafeRoleError,
 )
 from todo_rls.models import Conversation, Message, Task, UserPreference
@@ -38,6 +39,7 @@ __all__ = [
     "SettingsError",
     "Task",
     "TodoRlsError",
+    "UnknownUserError",
     "UnsafeRoleError",
     "UserPreference",
     "create_async_engine",

@@ -12,7 +12,7 @@ from sqlmodel import col
 
 from todo_rls.errors import InvalidInputError
 from todo_rls.models import MESSAGE_ROLES, Conversation, Message
-from todo_rls.owned_rows import delete_owned, get_owned, update_owned
+from todo_rls.owned_rows import delete_owned, get_owned, update_owned, user_must_exist
 from todo_rls.pagination import Page, fetch_page
 from todo_rls.session import current_user_id
 from todo_rls.validation import check_text, check_title, parse_id
@@ -28,7 +28,8 @@ def create_conversation(session: Session, title: str | None = None) -> Conversat
         user_id=current_user_id(session), title=_check_conversation_title(title)
     )
     session.add(conversation)
-    session.flush()
+    with user_must_exist(session):
+        session.flush()
     return conversation
 
 

@@ -31,3 +31,7 @@ class InvalidInputError(TodoRlsError, ValueError):
 
 class NotFoundError(TodoRlsError, LookupError):
     """No row with that id is visible to the current user (absent or someone else's)."""
+
+
+class UnknownUserError(TodoRlsError, LookupError):
+    """The session's user id is not in Better Auth's "user" table (deleted, or never a user)."""

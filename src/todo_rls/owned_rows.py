@@ -1,17 +1,21 @@
 """One row of the session user's, by id: read, update or delete it, else NotFoundError.
 
 Every statement filters by id and by the session's user_id (defence in depth on top of RLS),
-and a row that is missing reads exactly like a row of another user.
+and a row that is missing reads exactly like a row of another user. Inserts of a new row for
+the session's user go through user_must_exist, for a user id Better Auth no longer has.
 """
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import inspect
 from sqlalchemy.orm import Session
 
-from todo_rls.errors import NotFoundError
+from todo_rls.errors import NotFoundError, UnknownUserError
 from todo_rls.models import OwnedModel
 from todo_rls.session import current_user_id
 
@@ -26,6 +30,21 @@ def _owned(session: Session, model: type[M], row_id: uuid.UUID) -> sa.ColumnElem
 def not_found(model: type[M], row_id: uuid.UUID) -> NotFoundError:
     """The same words for a missing row and another user's: the caller cannot tell them apart."""
     return NotFoundError(f"{model.__tablename__} {row_id} not found")
+
+
+@contextmanager
+def user_must_exist(session: Session) -> Iterator[None]:
+    """Around a write whose only foreign key is user_id -> "user": its 23503 becomes
+    UnknownUserError, so a caller whose account is gone gets an error it can act on."""
+    try:
+        yield
+    except sa.exc.IntegrityError as error:
+        if not isinstance(error.orig, psycopg.errors.ForeignKeyViolation):
+            raise
+        raise UnknownUserError(
+            f'no user {current_user_id(session)!r:.80} in the "user" table: the account was'
+            " deleted or the id is not a Better Auth user id; treat the caller as signed out"
+        ) from error
 
 
 def get_owned(session: Session, model: type[M], row_id: uuid.UUID) -> M:

@@ -14,6 +14,7 @@ from sqlmodel import col
 
 from todo_rls.errors import InvalidInputError
 from todo_rls.models import LANGUAGE_TAG_PATTERN, THEMES, UserPreference
+from todo_rls.owned_rows import user_must_exist
 from todo_rls.session import current_user_id
 from todo_rls.tasks import Unset
 from todo_rls.validation import check_text
@@ -89,7 +90,8 @@ def update(
         )
         .returning(UserPreference)
     )
-    result = session.scalars(statement, execution_options={"populate_existing": True})
+    with user_must_exist(session):
+        result = session.scalars(statement, execution_options={"populate_existing": True})
     return result.one()
 
 

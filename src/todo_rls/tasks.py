@@ -16,7 +16,7 @@ from sqlmodel import col
 
 from todo_rls.errors import InvalidInputError
 from todo_rls.models import Task
-from todo_rls.owned_rows import delete_owned, get_owned, update_owned
+from todo_rls.owned_rows import delete_owned, get_owned, update_owned, user_must_exist
 from todo_rls.pagination import Page, fetch_page
 from todo_rls.session import current_user_id
 from todo_rls.validation import check_text, check_title, parse_id
@@ -49,7 +49,8 @@ def create(session: Session, title: str, description: str | None = None) -> Task
         description=_check_description(description),
     )
     session.add(task)
-    session.flush()
+    with user_must_exist(session):
+        session.flush()
     return task
 
 
