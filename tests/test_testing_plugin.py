@@ -226,6 +226,11 @@ def test_task_is_owner_isolated(rls_assert_owner_isolated: Any) -> None:
     rls_assert_owner_isolated("task", {"title": "a task"})
 
 
+def test_user_preference_is_owner_isolated(rls_assert_owner_isolated: Any) -> None:
+    # Its primary key is user_id, so every attack by key names the owner's id itself.
+    rls_assert_owner_isolated("user_preference", {"theme": "dark"})
+
+
 def test_conversation_is_owner_isolated(rls_assert_owner_isolated: Any) -> None:
     rls_assert_owner_isolated("conversation", {"title": "a chat"})
 
