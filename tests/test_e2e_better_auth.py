@@ -51,11 +51,18 @@ pytestmark = [
 ]
 
 
+def _free_ports(count: int) -> list[int]:
+    """count distinct free loopback ports: the probes stay bound until all are read, so the
+    kernel cannot hand out one port twice."""
+    with ExitStack() as probes:
+        sockets = [probes.enter_context(socket.socket()) for _ in range(count)]
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [int(probe.getsockname()[1]) for probe in sockets]
+
+
 def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    return _free_ports(1)[0]
 
 
 @contextmanager
@@ -145,7 +152,7 @@ def stack(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iter
         admin_url = url.render_as_string(hide_password=False)
         node_url = url.set(drivername="postgresql", host=url.host or "localhost")
         node_admin_url = node_url.render_as_string(hide_password=False)
-        auth_port, api_port = _free_port(), _free_port()
+        auth_port, api_port = _free_ports(2)
         auth_url = f"http://127.0.0.1:{auth_port}"
         secret = secrets.token_hex(32)
         auth_env = {
