@@ -114,7 +114,6 @@ def test_interleaved_users_on_few_server_connections_see_only_their_own_rows(
         f"{len(clients)} client connections, {len(backends)} server backends; users per "
         f"backend: {sorted(len(u) for u in users_per_backend.values())}"
     )
-    assert len(clients) == CLIENTS
     assert len(backends) <= pgbouncer.pool_size < len(clients)
     assert max(len(u) for u in users_per_backend.values()) > 1
 
