@@ -47,8 +47,9 @@ def load_migrated_template(
         ensure_login_role(conn, BYPASS_LOGIN, bypass_rls=True)
 
 
-# One name per run, so parallel runs against one server never drop each other's databases.
-TEST_DBNAME = f"todo_rls_test_{os.getpid()}"
+# One name per run, so parallel runs against one server never drop each other's databases, and
+# a run that was killed (its template left behind) never blocks a later one with the same pid.
+TEST_DBNAME = f"todo_rls_test_{os.getpid()}_{secrets.token_hex(3)}"
 migrated_server = factories.postgresql_noproc(dbname=TEST_DBNAME, load=[load_migrated_template])
 migrated_database = factories.postgresql("migrated_server")
 
