@@ -19,17 +19,28 @@ REPO_CONFIG = Path(__file__).resolve().parents[1] / "pgrls.toml"
 ALLOWED_INFO = {"SEC007"}
 
 
+# The suite's scratch roles (fix_db.create_role): dropped after each test, but a run that was
+# killed leaves them in the cluster.
+SCRATCH_ROLES = (
+    r"select rolname::text from pg_roles where rolname ~ '^todo_rls_test_[a-z_]+_[0-9a-f]{12}$'"
+)
+
+
 @pytest.fixture
-def test_config(tmp_path: Path) -> Path:
+def test_config(tmp_path: Path, admin: psycopg.Connection[Any]) -> Path:
     """The repository's pgrls.toml, plus the test cluster's deliberately BYPASSRLS roles.
 
-    SEC016 looks at every role of the cluster. The suite keeps BYPASSRLS login roles on purpose
-    (to prove the wrapper refuses them, and to benchmark without RLS); a deployment has none.
+    SEC016 and SEC029 look at every role of the cluster. The suite keeps BYPASSRLS login roles
+    on purpose (to prove the wrapper refuses them, and to benchmark without RLS), and its
+    scratch roles may be left over from a killed run; a deployment has none of them.
     """
+    scratch = [str(name) for (name,) in admin.execute(SCRATCH_ROLES)]
+    roles = json.dumps([BYPASS_LOGIN, BENCH_BYPASS_ROLE, *scratch])
     config = tmp_path / "pgrls.toml"
-    roles = json.dumps([BYPASS_LOGIN, BENCH_BYPASS_ROLE])
     config.write_text(
-        f"extends = {json.dumps(str(REPO_CONFIG))}\n\n[lint.rules.SEC016]\nallowlist = {roles}\n"
+        f"extends = {json.dumps(str(REPO_CONFIG))}\n\n"
+        f"[lint.rules.SEC016]\nallowlist = {roles}\n\n"
+        f"[lint.rules.SEC029]\nallowlist = {json.dumps(scratch)}\n"
     )
     return config
 
