@@ -267,9 +267,11 @@ def test_message_is_owner_isolated(
 OWNS_ROW = "user_id = (select nullif(pg_catalog.current_setting('app.user_id', true), ''))"
 
 
-def note_comment_ddl(note_id: str, foreign_key: str, insert_check: str = OWNS_ROW) -> str:
+def note_comment_ddl(
+    note_id: str, foreign_key: str, insert_check: str = OWNS_ROW, update_check: str = OWNS_ROW
+) -> str:
     """A child of note, protected like note; the foreign key (constraint note_comment_note_fk)
-    and the insert policy's check are what the tests vary."""
+    and the insert and update policies' checks are what the tests vary."""
     return f"""
     create table public.note_comment (
       id uuid primary key default gen_random_uuid(),
@@ -284,13 +286,18 @@ def note_comment_ddl(note_id: str, foreign_key: str, insert_check: str = OWNS_RO
     create policy note_comment_insert on note_comment for insert to todo_app
       with check ({insert_check});
     create policy note_comment_update on note_comment for update to todo_app
-      using ({OWNS_ROW}) with check ({OWNS_ROW});
+      using ({OWNS_ROW}) with check ({update_check});
     create policy note_comment_delete on note_comment for delete to todo_app using ({OWNS_ROW});
     grant select, insert, update, delete on note_comment to todo_app;
     """
 
 
 SINGLE_COLUMN_FK = "foreign key (note_id) references public.note (id)"
+POINTING = "pointing at the owner's note row (foreign key note_comment_note_fk)"
+FK_FIX = (
+    "fix: make the foreign key note_comment_note_fk (note_id, user_id) -> note"
+    " (id, user_id) with a unique constraint on note (id, user_id)"
+)
 COMPOSITE_FK = "foreign key (note_id, user_id) references public.note (id, user_id)"
 NOTE_ID_USER_ID_UNIQUE = "alter table note add constraint uq_note_id_user_id unique (id, user_id);"
 # Where the parent row comes from: the one the owner's row points at (a row spec that makes
@@ -324,15 +331,13 @@ def test_a_child_with_a_single_column_foreign_key_fails_naming_it_and_the_fix(
     row, parent = add_note_comment(rls_admin, SINGLE_COLUMN_FK, source)
     with pytest.raises(AssertionError) as failed:
         rls_assert_owner_isolated("note_comment", row, **parent)
-    probe = (
-        "note_comment: insert pointing at the owner's note row (foreign key note_comment_note_fk)"
-    )
+    insert = f"note_comment: insert {POINTING}"
     expected = [
-        f"{probe} as another user reached 1 row(s)",
-        f"{probe} as a user whose id is the owner's plus a trailing space reached 1 row(s)",
-        f"{probe} as a user whose id is a prefix of the owner's reached 1 row(s)",
-        "fix: make the foreign key note_comment_note_fk (note_id, user_id) -> note"
-        " (id, user_id) with a unique constraint on note (id, user_id)",
+        f"{insert} as another user reached 1 row(s)",
+        f"{insert} as a user whose id is the owner's plus a trailing space reached 1 row(s)",
+        f"{insert} as a user whose id is a prefix of the owner's reached 1 row(s)",
+        f"note_comment: update {POINTING} as a user changing a row of its own reached 1 row(s)",
+        FK_FIX,
     ]
     report = str(failed.value)
     missing = [line for line in expected if line not in report]
@@ -340,7 +345,8 @@ def test_a_child_with_a_single_column_foreign_key_fails_naming_it_and_the_fix(
     # The owner policies are sound: the foreign key is the only way in.
     leaks = [line for line in report.splitlines()[1:] if not line.startswith("  fix: ")]
     assert leaks
-    assert all(line.startswith(f"  {probe} as ") for line in leaks), report
+    probes = (f"  {insert} as ", f"  note_comment: update {POINTING} as ")
+    assert all(line.startswith(probes) for line in leaks), report
 
 
 @pytest.mark.parametrize("source", PARENT_SOURCES)
@@ -351,16 +357,51 @@ def test_a_child_with_a_foreign_key_carrying_user_id_is_isolated(
     rls_assert_owner_isolated("note_comment", row, **parent)
 
 
-def test_an_insert_policy_that_checks_the_parent_also_isolates_a_child(
+SEES_NOTE = f"{OWNS_ROW} and exists (select from note n where n.id = note_id)"
+
+
+def test_insert_and_update_policies_that_check_the_parent_also_isolate_a_child(
     note: str, rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
 ) -> None:
-    # The other fix: the insert policy sees note through note's own policies, so a note of
-    # someone else's is not there and the insert is refused (42501) before any FK check.
-    sees_note = f"{OWNS_ROW} and exists (select from note n where n.id = note_id)"
+    # The other fix: the policies see note through note's own policies, so a note of someone
+    # else's is not there and the write is refused (42501) before any FK check.
     row, parent = add_note_comment(
-        rls_admin, SINGLE_COLUMN_FK, "owner's row", insert_check=sees_note
+        rls_admin, SINGLE_COLUMN_FK, "owner's row", insert_check=SEES_NOTE, update_check=SEES_NOTE
     )
     rls_assert_owner_isolated("note_comment", row, **parent)
+
+
+def test_an_insert_policy_alone_that_checks_the_parent_fails_on_the_update(
+    note: str, rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    # Inserts are refused, but a user's own comment can still be moved onto the owner's note.
+    row, parent = add_note_comment(
+        rls_admin, SINGLE_COLUMN_FK, "owner's row", insert_check=SEES_NOTE
+    )
+    with pytest.raises(AssertionError) as failed:
+        rls_assert_owner_isolated("note_comment", row, **parent)
+    assert str(failed.value) == (
+        "note_comment is not owner-isolated:\n"
+        f"  note_comment: update {POINTING} as a user changing a row of its own reached 1 row(s)"
+        f"\n  {FK_FIX}"
+    )
+
+
+def test_a_row_spec_that_cannot_make_a_second_users_row_is_named(
+    note: str, rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    # The update probe needs a second user's row; a fixed value under a unique constraint
+    # cannot be inserted twice.
+    row, parent = add_note_comment(rls_admin, COMPOSITE_FK, "parents=")
+    rls_admin.execute("alter table note_comment add constraint uq_note_comment_body unique (body)")
+    with pytest.raises(AssertionError) as failed:
+        rls_assert_owner_isolated("note_comment", row, **parent)
+    assert str(failed.value) == (
+        "note_comment: the foreign-key probes need a row of a second user, which could not be"
+        ' made (duplicate key value violates unique constraint "uq_note_comment_body"); give'
+        " the row as a callable that takes a user id and returns fresh values (and that user's"
+        " own parent rows)"
+    )
 
 
 def test_a_null_foreign_key_without_parents_is_named(

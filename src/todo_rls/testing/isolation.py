@@ -12,9 +12,11 @@ victim's (a prefix, a case change, a suffix, ...): a random id would pass a poli
 only a prefix, ignores case or trims, almost every time; a near miss fails it every time.
 
 Foreign-key checks bypass RLS: for every foreign key of the table to another table with RLS and
-an owner column, an attacker inserts a row of its own pointing at a parent row of the owner's.
-Only a foreign key that carries the owner column, (parent_id, user_id) -> parent(id, user_id),
-refuses it (23503); a single-column one lets the attacker probe and attach to others' rows.
+an owner column, an attacker inserts a row of its own pointing at a parent row of the owner's,
+and a user with a row of its own here (the "mover") updates that row to point at it. Only a
+foreign key that carries the owner column, (parent_id, user_id) -> parent(id, user_id), or
+insert and update policies that both check the parent, refuse both (23503 or 42501); a
+single-column key alone lets the attacker probe and attach to others' rows.
 """
 
 from collections.abc import Callable, Iterator, Mapping
@@ -55,6 +57,9 @@ NEAR_MISSES: dict[str, tuple[str, Callable[[str], str]]] = {
     "prefix": ("a user whose id is a prefix of the owner's", lambda owner: owner[:-1]),
 }
 ACTORS |= {actor: description for actor, (description, _) in NEAR_MISSES.items()}
+# Runs only the foreign-key update probe, on a row of its own (so it is not in ACTORS, whose
+# members must own nothing in the table).
+MOVER = "a user changing a row of its own"
 
 _ROLE_FACTS = """
 select current_user::text, r.rolsuper, r.rolbypassrls,
@@ -103,7 +108,7 @@ class Leak:
     fix: str = ""
 
     def __str__(self) -> str:
-        who = ACTORS.get(self.actor, "the owner")
+        who = {**ACTORS, "mover": MOVER}.get(self.actor, "the owner")
         return f"{self.table}: {self.command} as {who} {self.detail}"
 
 
@@ -166,8 +171,11 @@ class _Matrix:
         # Upserts and re-owning write the attacker's id into the owner column: it must exist.
         for near_miss in self._near_misses(self.owner).values():
             create_user(admin, validate_user_id(near_miss))
-        self.key = self._insert_owners_row(admin)
+        self.key = self._insert_row(admin, self.owner)
         self.parent_refs = self._parent_refs(admin, parents)
+        # Only tables with such foreign keys get the mover and its row (see the module doc).
+        self.mover = create_user(admin, _cased_id()) if self.parent_refs else ""
+        self.mover_key = self._insert_movers_row(admin) if self.parent_refs else {}
 
     def _check_catalog(self, admin: psycopg.Connection[Any]) -> None:
         flags = admin.execute(
@@ -189,14 +197,26 @@ class _Matrix:
         """Column values of a new row owned by owner."""
         return {**_row_values(self._row, owner), self.owner_name: owner}
 
-    def _insert_owners_row(self, admin: psycopg.Connection[Any]) -> dict[str, Any]:
+    def _insert_row(self, admin: psycopg.Connection[Any], user: str) -> dict[str, Any]:
+        """Insert user's row (committed) and return its primary key."""
         key_columns = [str(r[0]) for r in admin.execute(_PRIMARY_KEY, (self.regclass,))]
         assert key_columns, f"{self.table}: has no primary key to address the owner's row by"
-        insert = self.insert(self.values(self.owner))
+        insert = self.insert(self.values(user))
         returning = sql.SQL(" returning ") + sql.SQL(", ").join(map(sql.Identifier, key_columns))
         found = admin.execute(insert.query + returning, insert.params).fetchone()
         assert found is not None
         return dict(zip(key_columns, found, strict=True))
+
+    def _insert_movers_row(self, admin: psycopg.Connection[Any]) -> dict[str, Any]:
+        try:
+            with admin.transaction():
+                return self._insert_row(admin, self.mover)
+        except psycopg.errors.IntegrityError as error:
+            raise AssertionError(
+                f"{self.table}: the foreign-key probes need a row of a second user, which could"
+                f" not be made ({error.diag.message_primary}); give the row as a callable that"
+                " takes a user id and returns fresh values (and that user's own parent rows)"
+            ) from error
 
     def insert(self, values: Mapping[str, Any]) -> _Statement:
         return _insert(self.relation, values)
@@ -286,6 +306,17 @@ class _Matrix:
         """INSERT of user's own row pointing through ref at the owner's parent row."""
         return self.insert({**self.values(user), **ref.values})
 
+    def repoint(self, ref: _ParentRef, key: Mapping[str, Any]) -> _Statement:
+        """UPDATE of the row with primary key key to point through ref at the owner's parent
+        row (the owner column is left as it is)."""
+        assignments = sql.SQL(", ").join(
+            sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(f"v{i}"))
+            for i, column in enumerate(ref.values)
+        )
+        query = sql.SQL("update {} set {}").format(self.relation, assignments) + self._by_key(key)
+        params = {f"v{i}": value for i, value in enumerate(ref.values.values())}
+        return _Statement(query, params | {f"k{i}": v for i, v in enumerate(key.values())})
+
     def upsert(self, user: str) -> _Statement:
         """INSERT of user's row with the owner's key; on conflict, hand the row to user."""
         insert = self.insert({**self.values(user), **self.key})
@@ -294,10 +325,11 @@ class _Matrix:
         )
         return _Statement(insert.query + conflict, insert.params)
 
-    def _by_key(self) -> sql.Composed:
+    def _by_key(self, key: Mapping[str, Any] | None = None) -> sql.Composed:
+        """WHERE on the primary key (default: the owner's row's); parameters k0, k1, ..."""
         return sql.SQL(" where ") + sql.SQL(" and ").join(
             sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(f"k{i}"))
-            for i, column in enumerate(self.key)
+            for i, column in enumerate(key or self.key)
         )
 
     def statement(
@@ -478,12 +510,7 @@ def find_leaks(
             control = m.reached(
                 conns["owner"], control_user, probe.make(control_user), probe.refusals
             )
-            assert control, (
-                f"{table}: positive control failed: {command} by the row's own user reached"
-                f" {'nothing (refused)' if control is None else '0 rows'}; the owner must reach"
-                " their own row, or the matrix proves nothing (check the row values and the"
-                " owner's policies)"
-            )
+            _assert_control(table, command, control)
             for actor in ACTORS:
                 user_id = m.user_id(actor, probe.control_actor)
                 statement = probe.make(user_id or m.other)
@@ -491,11 +518,34 @@ def find_leaks(
                 if reached:
                     detail = f"reached {reached} row(s)"
                     leaks.append(Leak(table, command, actor, detail, probe.fix))
+        # The mover points its own row at the owner's parent row; the control is the owner
+        # pointing their own row at it.
+        for ref in m.parent_refs:
+            command = (
+                f"update pointing at the owner's {ref.parent} row (foreign key {ref.constraint})"
+            )
+            refusals = (psycopg.errors.InsufficientPrivilege, psycopg.errors.ForeignKeyViolation)
+            control = m.reached(conns["owner"], m.owner, m.repoint(ref, m.key), refusals)
+            _assert_control(table, command, control)
+            with m.connection("mover") as conn:
+                reached = m.reached(conn, m.mover, m.repoint(ref, m.mover_key), refusals)
+            if reached:
+                detail = f"reached {reached} row(s)"
+                leaks.append(Leak(table, command, "mover", detail, ref.fix(m.owner_name)))
         # The owner hands their row to another user: the UPDATE policy's WITH CHECK must refuse.
         give_away = m.statement("update {table} set {owner} = %(to)s", by_key=False, to=m.other)
         if m.reached(conns["owner"], m.owner, give_away) is not None:
             leaks.append(Leak(table, "re-own to another user", "owner", "was not refused"))
     return leaks
+
+
+def _assert_control(table: str, command: str, control: int | None) -> None:
+    assert control, (
+        f"{table}: positive control failed: {command} by the row's own user reached"
+        f" {'nothing (refused)' if control is None else '0 rows'}; the owner must reach"
+        " their own row, or the matrix proves nothing (check the row values and the"
+        " owner's policies)"
+    )
 
 
 def _cased_id() -> str:
