@@ -60,6 +60,10 @@ ACTORS |= {actor: description for actor, (description, _) in NEAR_MISSES.items()
 # Runs only the foreign-key update probe, on a row of its own (so it is not in ACTORS, whose
 # members must own nothing in the table).
 MOVER = "a user changing a row of its own"
+_DESCRIPTIONS = {**ACTORS, "mover": MOVER}
+# A write pointing at the owner's parent row is refused by the foreign key (23503: it carries
+# the owner column) or by a policy that checks the parent.
+_FK_REFUSALS = (psycopg.errors.InsufficientPrivilege, psycopg.errors.ForeignKeyViolation)
 
 _ROLE_FACTS = """
 select current_user::text, r.rolsuper, r.rolbypassrls,
@@ -108,7 +112,7 @@ class Leak:
     fix: str = ""
 
     def __str__(self) -> str:
-        who = {**ACTORS, "mover": MOVER}.get(self.actor, "the owner")
+        who = _DESCRIPTIONS.get(self.actor, "the owner")
         return f"{self.table}: {self.command} as {who} {self.detail}"
 
 
@@ -131,6 +135,11 @@ class _ParentRef:
     # The referencing columns, but the owner column, set to point at the owner's parent row;
     # the owner column stays the inserting user's own, so that the insert policy lets it in.
     values: Mapping[str, Any]
+
+    @property
+    def pointing(self) -> str:
+        """How the probes through this key name what they do, after insert or update."""
+        return f"pointing at the owner's {self.parent} row (foreign key {self.constraint})"
 
     def fix(self, owner: str) -> str:
         pairs = [(c, p) for c, p in zip(self.columns, self.parent_columns, strict=True)]
@@ -174,8 +183,10 @@ class _Matrix:
         self.key = self._insert_row(admin, self.owner)
         self.parent_refs = self._parent_refs(admin, parents)
         # Only tables with such foreign keys get the mover and its row (see the module doc).
-        self.mover = create_user(admin, _cased_id()) if self.parent_refs else ""
-        self.mover_key = self._insert_movers_row(admin) if self.parent_refs else {}
+        self.mover, self.mover_key = "", {}
+        if self.parent_refs:
+            self.mover = create_user(admin, _cased_id())
+            self.mover_key = self._insert_movers_row(admin)
 
     def _check_catalog(self, admin: psycopg.Connection[Any]) -> None:
         flags = admin.execute(
@@ -269,15 +280,12 @@ class _Matrix:
     ) -> tuple[Any, ...]:
         """The referenced values of the parent row the owner's row points at, which must be
         the owner's (an attack on someone else's row would not be an attack on the owner)."""
-        where = sql.SQL(" and ").join(
-            sql.SQL("{} = {}").format(sql.Identifier(c), sql.Placeholder(f"k{i}"))
-            for i, c in enumerate(self.key)
-        )
         pointed = admin.execute(
-            sql.SQL("select {} from {} where {}").format(
-                sql.SQL(", ").join(map(sql.Identifier, columns)), self.relation, where
-            ),
-            {f"k{i}": value for i, value in enumerate(self.key.values())},
+            sql.SQL("select {} from {}").format(
+                sql.SQL(", ").join(map(sql.Identifier, columns)), self.relation
+            )
+            + self._by_key(),
+            _key_params(self.key),
         ).fetchone()
         assert pointed is not None
         parent, name = parent_named
@@ -315,7 +323,7 @@ class _Matrix:
         )
         query = sql.SQL("update {} set {}").format(self.relation, assignments) + self._by_key(key)
         params = {f"v{i}": value for i, value in enumerate(ref.values.values())}
-        return _Statement(query, params | {f"k{i}": v for i, v in enumerate(key.values())})
+        return _Statement(query, params | _key_params(key))
 
     def upsert(self, user: str) -> _Statement:
         """INSERT of user's row with the owner's key; on conflict, hand the row to user."""
@@ -339,7 +347,7 @@ class _Matrix:
         query = sql.SQL(template).format(table=self.relation, owner=self.owner_column)
         if by_key:
             query += self._by_key()
-            params |= {f"k{i}": value for i, value in enumerate(self.key.values())}
+            params |= _key_params(self.key)
         if kind == "copy":
             query = sql.SQL("copy ({}) to stdout").format(query)
         return _Statement(query, params, kind)
@@ -406,6 +414,11 @@ def _insert(relation: sql.Identifier, values: Mapping[str, Any]) -> _Statement:
     return _Statement(query, {f"v{i}": v for i, v in enumerate(values.values())})
 
 
+def _key_params(key: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters k0, k1, ... of _Matrix._by_key for a primary key's values."""
+    return {f"k{i}": value for i, value in enumerate(key.values())}
+
+
 def _row_values(row: RowSpec, owner: str) -> Mapping[str, Any]:
     return row(owner) if callable(row) else row
 
@@ -446,11 +459,10 @@ def _probes(m: _Matrix) -> dict[str, _Probe]:
 def _parent_probes(m: _Matrix) -> dict[str, _Probe]:
     """Per foreign key to an RLS table: a row of the actor's own pointing at the owner's parent
     row. The control is the owner pointing at it; a refusal is 23503 or a policy error."""
-    refusals = (psycopg.errors.InsufficientPrivilege, psycopg.errors.ForeignKeyViolation)
     return {
-        f"insert pointing at the owner's {ref.parent} row (foreign key {ref.constraint})": _Probe(
+        f"insert {ref.pointing}": _Probe(
             partial(m.child, ref),
-            refusals=refusals,
+            refusals=_FK_REFUSALS,
             fix=ref.fix(m.owner_name),
         )
         for ref in m.parent_refs
@@ -521,14 +533,11 @@ def find_leaks(
         # The mover points its own row at the owner's parent row; the control is the owner
         # pointing their own row at it.
         for ref in m.parent_refs:
-            command = (
-                f"update pointing at the owner's {ref.parent} row (foreign key {ref.constraint})"
-            )
-            refusals = (psycopg.errors.InsufficientPrivilege, psycopg.errors.ForeignKeyViolation)
-            control = m.reached(conns["owner"], m.owner, m.repoint(ref, m.key), refusals)
+            command = f"update {ref.pointing}"
+            control = m.reached(conns["owner"], m.owner, m.repoint(ref, m.key), _FK_REFUSALS)
             _assert_control(table, command, control)
             with m.connection("mover") as conn:
-                reached = m.reached(conn, m.mover, m.repoint(ref, m.mover_key), refusals)
+                reached = m.reached(conn, m.mover, m.repoint(ref, m.mover_key), _FK_REFUSALS)
             if reached:
                 detail = f"reached {reached} row(s)"
                 leaks.append(Leak(table, command, "mover", detail, ref.fix(m.owner_name)))
