@@ -1,7 +1,9 @@
 """Core schema with row-level security: task, conversation, message and role todo_app.
 
 Frozen history: this revision carries its own SQL. sql/ holds the current readable form,
-and tests/test_sql_matches_migrations.py keeps the two equal.
+and tests/test_sql_matches_migrations.py keeps the two equal. The users table its foreign keys
+reference is public."user" unless TODO_RLS_USERS_TABLE names another (todo_rls.users_table);
+for the default the SQL is exactly what it always was.
 
 Revision ID: 3f9c2a7d1b04
 Revises:
@@ -11,6 +13,8 @@ Create Date: 2026-11-23 19:00:00
 from collections.abc import Sequence
 
 from alembic import op
+
+from todo_rls.users_table import UsersTable, users_table_of
 
 revision: str = "3f9c2a7d1b04"
 down_revision: str | None = None
@@ -87,6 +91,48 @@ begin
 end
 $$;
 """
+
+# For a users table other than Better Auth's (TODO_RLS_USERS_TABLE, e.g. Neon Auth's): the same
+# checks, plus the privileges a foreign key into another schema needs. {name} is the table's
+# name as it goes inside an SQL string literal.
+REQUIRE_USERS_TABLE = """
+do $$
+begin
+  if pg_catalog.to_regclass('{name}') is null then
+    raise exception 'table {name} does not exist'
+      using hint = 'Create it first (Neon Auth: enable it on this branch), or set '
+                   'TODO_RLS_USERS_TABLE to the table your users are in; todo-rls references '
+                   'it and never creates it.';
+  end if;
+  if (select a.atttypid from pg_catalog.pg_attribute a
+      where a.attrelid = '{name}'::regclass and a.attname = 'id' and not a.attisdropped)
+     is distinct from 'text'::regtype then
+    raise exception '{name}.id is missing or is not of type text'
+      using hint = 'todo-rls''s user_id columns are text and reference it: the users table '
+                   'needs an id column of type text.';
+  end if;
+  if not pg_catalog.has_table_privilege('{name}', 'REFERENCES') then
+    raise exception using
+      message = 'the migrating role ' || current_user || ' may not reference {name}',
+      hint = 'As the owner of {name}: grant references on {name} to ' || current_user
+             || ' (and usage on its schema).';
+  end if;
+end
+$$;
+"""
+
+
+def _require_users_table(users: UsersTable) -> str:
+    """The precondition for users: Better Auth's, word for word, or the generic one."""
+    if users.is_default:
+        return REQUIRE_BETTER_AUTH_USER_TABLE
+    return REQUIRE_USERS_TABLE.replace("{name}", users.sql.replace("'", "''"))
+
+
+def _referencing(ddl: str, users: UsersTable) -> str:
+    """ddl with its foreign keys to public."user" pointed at users (names unchanged)."""
+    return ddl.replace('references public."user" (id)', f"references {users.sql} (id)")
+
 
 CREATE_TABLES = r"""
 create table public.task (
@@ -193,9 +239,10 @@ def _protect_owned_table(table: str) -> None:
 
 
 def upgrade() -> None:
-    op.execute(REQUIRE_BETTER_AUTH_USER_TABLE)
+    users = users_table_of(op)
+    op.execute(_require_users_table(users))
     op.execute(CREATE_APP_ROLE)
-    op.execute(CREATE_TABLES)
+    op.execute(_referencing(CREATE_TABLES, users))
     op.execute(CREATE_UPDATED_AT_FUNCTION)
     op.execute("grant usage on schema public to todo_app")
     for table in OWNED_TABLES:
@@ -204,7 +251,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     # Dropping the tables drops their policies, grants, triggers and indexes with them;
-    # public."user" and its rows are never touched.
+    # the users table (public."user" or TODO_RLS_USERS_TABLE's) and its rows are never touched.
     op.execute("drop table public.message, public.conversation, public.task")
     op.execute("drop function public.todo_rls_set_updated_at()")
     op.execute("revoke usage on schema public from todo_app")
