@@ -2,17 +2,22 @@
 
 from todo_rls.engine import EngineSettings, create_async_engine, create_engine, database_url
 from todo_rls.errors import (
+    ContextRejectedError,
     DatabaseUnavailableError,
     DatabaseUrlError,
     InvalidInputError,
     InvalidUserIdError,
     MigrationPreconditionError,
     NotFoundError,
+    SchemaNotMigratedError,
+    SigningKeyError,
+    TamperedConnectionError,
     TodoRlsError,
     UnknownUserError,
     UnsafeRoleError,
 )
-from todo_rls.models import Conversation, Message, Task, UserPreference
+from todo_rls.identity import SigningKey
+from todo_rls.models import AuditEvent, Conversation, Message, Task, UserPreference
 from todo_rls.owner_rls import OwnerRlsArgumentError, disable_owner_rls, enable_owner_rls
 from todo_rls.session import (
     APP_ROLE,
@@ -25,6 +30,8 @@ from todo_rls.validation import validate_user_id
 
 __all__ = [
     "APP_ROLE",
+    "AuditEvent",
+    "ContextRejectedError",
     "Conversation",
     "DatabaseUnavailableError",
     "DatabaseUrlError",
@@ -35,8 +42,12 @@ __all__ = [
     "MigrationPreconditionError",
     "NotFoundError",
     "OwnerRlsArgumentError",
+    "SchemaNotMigratedError",
     "Settings",
     "SettingsError",
+    "SigningKey",
+    "SigningKeyError",
+    "TamperedConnectionError",
     "Task",
     "TodoRlsError",
     "UnknownUserError",

@@ -1,4 +1,8 @@
-"""Engines from DATABASE_URL: pool settings, pre-ping, connect retries, PgBouncer mode."""
+"""Engines from DATABASE_URL: pool settings, pre-ping, connect retries, PgBouncer mode.
+
+Every transaction of these engines is opened by todo_rls.session's hook: clean, and scoped to a
+verified user inside scoped_session().
+"""
 
 import asyncio
 import time
@@ -22,6 +26,7 @@ from tenacity import (
 )
 
 from todo_rls.errors import DatabaseUnavailableError, DatabaseUrlError
+from todo_rls.session import install_transaction_scoping
 from todo_rls.settings import load_settings
 
 _POSTGRES_SCHEMES = {"postgres", "postgresql", "postgresql+psycopg", "postgresql+psycopg_async"}
@@ -67,10 +72,15 @@ def is_pgbouncer_url(url: URL) -> bool:
     return "-pooler." in (url.host or "")
 
 
-def _connect_args(url: URL, pgbouncer: bool | None, connect_timeout: int) -> dict[str, Any]:
+def _connect_args(
+    url: URL, pgbouncer: bool | None, prepared_statements: bool | None, connect_timeout: int
+) -> dict[str, Any]:
     args: dict[str, Any] = {"connect_timeout": connect_timeout}
-    if pgbouncer if pgbouncer is not None else is_pgbouncer_url(url):
-        # PgBouncer before 1.21 cannot route server-side prepared statements between clients.
+    behind_pgbouncer = pgbouncer if pgbouncer is not None else is_pgbouncer_url(url)
+    # PgBouncer before 1.21 cannot route server-side prepared statements between clients. Off,
+    # psycopg sends every statement unnamed, which nothing on the server can replace; on, each
+    # transaction first checks that no statement was prepared with SQL (see session.py).
+    if not (prepared_statements if prepared_statements is not None else not behind_pgbouncer):
         args["prepare_threshold"] = None
     return args
 
@@ -119,6 +129,9 @@ class EngineSettings:
 
     # None: detect Neon's pooled host (-pooler); True for any transaction-mode PgBouncer.
     pgbouncer: bool | None = None
+    # Server-side prepared statements (psycopg prepares a query on its 5th run). None: on,
+    # unless behind PgBouncer. docs/benchmarks.md measures both.
+    prepared_statements: bool | None = None
     pool_size: int = 5
     max_overflow: int = 5
     pool_timeout: float = 10.0
@@ -136,6 +149,7 @@ class EngineSettings:
         env = load_settings()
         return cls(
             pgbouncer=env.pgbouncer_flag,
+            prepared_statements=env.prepared_statements_flag,
             pool_size=env.pool_size,
             max_overflow=env.max_overflow,
             pool_timeout=env.pool_timeout,
@@ -154,7 +168,9 @@ class EngineSettings:
             "pool_timeout": self.pool_timeout,
             "pool_recycle": self.pool_recycle,
             "pool_pre_ping": self.pre_ping,
-            "connect_args": _connect_args(url, self.pgbouncer, self.connect_timeout),
+            "connect_args": _connect_args(
+                url, self.pgbouncer, self.prepared_statements, self.connect_timeout
+            ),
         }
 
 
@@ -170,6 +186,7 @@ def create_engine(
     parsed = database_url(url)
     engine = sqlalchemy.create_engine(parsed, **(settings.engine_options(parsed) | kwargs))
     _retry_connect(engine, settings.connect_attempts, settings.max_backoff, sleep=time.sleep)
+    install_transaction_scoping(engine)
     return engine
 
 
@@ -183,4 +200,5 @@ def create_async_engine(
     _retry_connect(
         engine.sync_engine, settings.connect_attempts, settings.max_backoff, sleep=_async_sleep
     )
+    install_transaction_scoping(engine.sync_engine)
     return engine

@@ -35,3 +35,23 @@ class NotFoundError(TodoRlsError, LookupError):
 
 class UnknownUserError(TodoRlsError, LookupError):
     """The session's user id is not in Better Auth's "user" table (deleted, or never a user)."""
+
+
+class SigningKeyError(TodoRlsError, ValueError):
+    """The signing key ($TODO_RLS_SIGNING_KEY, or one passed in) is missing or malformed."""
+
+
+class ContextRejectedError(TodoRlsError):
+    """The database refused the transaction's signed user context.
+
+    Forged, expired, signed with a retired or unknown key, or no key installed at all; the
+    message carries the database's reason and the fix.
+    """
+
+
+class TamperedConnectionError(TodoRlsError):
+    """A pooled connection held state only SQL run by an attacker leaves; it was discarded."""
+
+
+class SchemaNotMigratedError(TodoRlsError):
+    """The database lacks objects the library needs: apply the migrations."""

@@ -1,21 +1,43 @@
 """Run todo-rls's Alembic migrations from Python (the CLI, the pytest plugin and the tests)."""
 
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, create_engine, pool
+from alembic.script import ScriptDirectory
+from sqlalchemy import URL, Connection, create_engine, pool, text
 from sqlalchemy.exc import DBAPIError
 
 from todo_rls.engine import database_url
-from todo_rls.errors import MigrationPreconditionError
+from todo_rls.errors import DatabaseUrlError, MigrationPreconditionError
+from todo_rls.models import metadata
+from todo_rls.users_table import USERS_TABLE_ENV, UsersTable
 
 # Where the Alembic scripts (env.py, script.py.mako, versions/) are: inside the package when
 # installed from a wheel (pyproject.toml maps migrations/ to todo_rls._migrations), at the
 # repository root in a checkout or an editable install. The packaged copy wins when both exist.
 PACKAGED_MIGRATIONS = Path(__file__).resolve().with_name("_migrations")
 CHECKOUT_MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+
+# Where Alembic records which of todo-rls's revisions a database has: a table of our own, so an
+# app's own Alembic chain keeps the default alembic_version and the two never collide
+# (specs/decisions/0010-own-alembic-version-table.md).
+VERSION_TABLE = "todo_rls_alembic_version"
+# Where todo-rls 0.1 recorded them (Alembic's default), carried over once by carry_over_versions.
+# Both are named without a schema, as Alembic names them: the first schema of the search path.
+LEGACY_VERSION_TABLE = "alembic_version"
+_VERSION_TABLES = text(
+    "select pg_catalog.to_regclass('todo_rls_alembic_version') is not null as ours,"
+    " pg_catalog.to_regclass('alembic_version') is not null as legacy"
+)
+# The table Alembic itself would create (alembic.ddl.impl.DefaultImpl.version_table_impl).
+_CREATE_VERSION_TABLE = text(
+    "create table todo_rls_alembic_version (version_num varchar(32) not null,"
+    " constraint todo_rls_alembic_version_pkc primary key (version_num))"
+)
 
 
 def migrations_dir() -> Path:
@@ -28,6 +50,41 @@ def migrations_dir() -> Path:
         " reinstall with pip install --force-reinstall todo-rls"
         " (or pip install -e . in a checkout)"
     )
+
+
+def carry_over_versions(connection: Connection, our_revisions: set[str]) -> list[str]:
+    """Move todo-rls's rows from alembic_version into todo_rls_alembic_version,
+    once, inside the caller's transaction; the revisions moved (none if there was nothing to do).
+
+    A database migrated before the version table had its own name records our revision in
+    alembic_version; without this, Alembic would see no todo-rls revision and run the first one
+    again. Only rows naming one of our revisions move; an app's rows stay, and alembic_version
+    is dropped only when nothing else was in it. Nothing runs twice and no schema object is
+    touched: only these bookkeeping rows change tables.
+    """
+    found = connection.execute(_VERSION_TABLES).one()
+    if found.ours or not found.legacy:
+        return []
+    # A concurrent app migration must not add or remove rows while we read and move them.
+    connection.execute(text("lock table alembic_version in exclusive mode"))
+    rows = list(connection.execute(text("select version_num from alembic_version")).scalars())
+    ours = sorted(row for row in rows if row in our_revisions)
+    if not ours:
+        return []
+    connection.execute(_CREATE_VERSION_TABLE)
+    connection.execute(
+        text(
+            "insert into todo_rls_alembic_version (version_num)"
+            " select v from unnest(cast(:ours as text[])) v"
+        ),
+        {"ours": ours},
+    )
+    connection.execute(
+        text("delete from alembic_version where version_num = any(:ours)"), {"ours": ours}
+    )
+    if len(ours) == len(rows):
+        connection.execute(text("drop table alembic_version"))
+    return ours
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -46,8 +103,142 @@ def alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+# Where migrations take their URL when none is given: the direct (non-pooled) owner URL first,
+# so that forgetting --url never migrates as the pooled app role DATABASE_URL usually names;
+# and whatever it names, require_owner refuses a connection that is not the schema's owner.
+URL_VARIABLES = ("DATABASE_URL_DIRECT", "DATABASE_URL")
+
+
+@dataclass(frozen=True)
+class MigrationUrl:
+    """The URL a migration connects with, and where it came from (for messages)."""
+
+    url: URL
+    source: str  # "--url", "$DATABASE_URL_DIRECT" or "$DATABASE_URL"
+
+
+def migration_url(given: str | None = None) -> MigrationUrl:
+    """given (--url) if any, else $DATABASE_URL_DIRECT, else $DATABASE_URL; DatabaseUrlError
+    naming all three when none is set."""
+    if given:
+        return MigrationUrl(database_url(given), "--url")
+    for variable in URL_VARIABLES:
+        value = os.environ.get(variable)
+        if value:
+            return MigrationUrl(database_url(value), f"${variable}")
+    raise DatabaseUrlError(
+        "no database URL: pass --url OWNER_URL or export DATABASE_URL_DIRECT (the owner's direct,"
+        " non-pooled URL; DATABASE_URL is read last)"
+    )
+
+
+# What the migrating role must own (directly or as a member of the owner): schema public, and
+# each object of todo-rls that already exists. A superuser passes every check; so does the
+# database owner for public on PostgreSQL 15+, where pg_database_owner owns it.
+_OWNERSHIP = text("""
+select current_user::text, pg_catalog.format('%s %s', kind, name), owner::regrole::text
+from (
+  select 'schema' as kind, 'public' as name, n.nspowner as owner
+  from pg_catalog.pg_namespace n where n.nspname = 'public'
+  union all
+  select 'schema', n.nspname::text, n.nspowner
+  from pg_catalog.pg_namespace n where n.nspname = 'todo_rls'
+  union all
+  select 'table', c.oid::regclass::text, c.relowner
+  from pg_catalog.pg_class c
+  where c.relnamespace = 'public'::regnamespace and c.relname = any(:tables)
+  union all
+  select 'function', p.oid::regprocedure::text, p.proowner
+  from pg_catalog.pg_proc p
+  where p.oid = pg_catalog.to_regprocedure('public.todo_rls_set_updated_at()')
+) o
+where not pg_catalog.pg_has_role(current_user, o.owner, 'MEMBER')
+order by 2
+""")
+_CAN_CREATE_ROLE = text("""
+select exists (select from pg_catalog.pg_roles where rolname = 'todo_app')
+    or exists (select from pg_catalog.pg_roles where rolname = current_user
+               and (rolsuper or rolcreaterole))
+""")
+
+
+class NotTheOwnerError(MigrationPreconditionError):
+    """The migrating connection is not the owner of the schema or of todo-rls's objects."""
+
+
+def require_owner(connection: Connection) -> None:
+    """Raise NotTheOwnerError, before anything is written, unless the connection's role owns
+    (or is a member of the owner of) schema public and every todo-rls object that exists, and
+    can create role todo_app if it is missing."""
+    tables = [table.name for table in metadata.sorted_tables if table.name != "user"]
+    tables.append(VERSION_TABLE)
+    rows = connection.execute(_OWNERSHIP, {"tables": tables}).all()
+    problems = [f"{what} (owner {owner})" for _, what, owner in rows]
+    if not connection.execute(_CAN_CREATE_ROLE).scalar():
+        problems.append("role todo_app is missing and this role may not create roles")
+    if not problems:
+        return
+    who = connection.execute(text("select current_user::text")).scalar()
+    raise NotTheOwnerError(
+        f"connected as {who}, which does not own {'; '.join(problems)}. Nothing was changed."
+        " Migrations must run as the owner of the schema and of todo-rls's tables (on Neon,"
+        " the role that owns the database, over the direct host without -pooler): pass its URL"
+        " with --url or $DATABASE_URL_DIRECT, not the application's."
+    )
+
+
+# The table fk_task_user_id_user references, if task exists: the users table an earlier run
+# chose, which later revisions must reference too.
+_USERS_TABLE_IN_USE = text("""
+select n.nspname::text, c.relname::text
+from pg_catalog.pg_constraint k
+join pg_catalog.pg_class c on c.oid = k.confrelid
+join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+where k.conrelid = pg_catalog.to_regclass('public.task') and k.conname = 'fk_task_user_id_user'
+""")
+
+
+def require_same_users_table(connection: Connection, users: UsersTable) -> None:
+    """Raise MigrationPreconditionError if the database's tables already reference a users
+    table other than users (TODO_RLS_USERS_TABLE changed, or was forgotten, between runs)."""
+    row = connection.execute(_USERS_TABLE_IN_USE).one_or_none()
+    if row is None or UsersTable(*row) == users:
+        return
+    in_use = UsersTable(*row)
+    raise MigrationPreconditionError(
+        f"this database's tables reference {in_use.sql}, but this run would use {users.sql}: "
+        f"set {USERS_TABLE_ENV}={in_use.sql} (it must stay the same for every migration run)."
+        " Nothing was changed."
+    )
+
+
+def current_revisions(url: URL) -> list[str]:
+    """The todo-rls revisions url's database records (none: at base, or never migrated)."""
+    engine = create_engine(url, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            if (
+                connection.execute(
+                    text("select pg_catalog.to_regclass(:t)"), {"t": VERSION_TABLE}
+                ).scalar()
+                is None
+            ):
+                return []
+            found = connection.execute(text("select version_num from todo_rls_alembic_version"))
+            return sorted(found.scalars())
+    finally:
+        engine.dispose()
+
+
+def describe_revision(revision: str) -> str:
+    """revision and its one-line message, e.g. 02e680687f90 (user_preference: ...)."""
+    script = ScriptDirectory.from_config(alembic_config()).get_revision(revision)
+    doc = (script.doc if script is not None else "") or ""
+    return f"{revision} ({doc})" if doc else revision
+
+
 def _run(url: str | None, action: str, revision: str) -> None:
-    engine = create_engine(database_url(url), poolclass=pool.NullPool)
+    engine = create_engine(migration_url(url).url, poolclass=pool.NullPool)
     try:
         with engine.connect() as connection:
             getattr(command, action)(alembic_config(connection), revision)
@@ -65,10 +256,12 @@ def _run(url: str | None, action: str, revision: str) -> None:
 
 
 def upgrade(url: str | None = None, revision: str = "head") -> None:
-    """Apply migrations up to revision, all in one transaction (nothing half-applied)."""
+    """Apply migrations up to revision, all in one transaction (nothing half-applied). url
+    defaults to $DATABASE_URL_DIRECT, then $DATABASE_URL; it must be the schema's owner."""
     _run(url, "upgrade", revision)
 
 
-def downgrade(url: str | None = None, revision: str = "base") -> None:
-    """Revert migrations down to revision; Better Auth's "user" table is never touched."""
+def downgrade(url: str | None, revision: str) -> None:
+    """Revert migrations down to revision (no default: "base" removes everything of
+    todo-rls); Better Auth's "user" table is never touched."""
     _run(url, "downgrade", revision)

@@ -11,9 +11,9 @@ from sqlalchemy import (
     ForeignKeyConstraint,
     Index,
     MetaData,
+    PrimaryKeyConstraint,
     Table,
     Text,
-    UniqueConstraint,
     text,
 )
 from sqlalchemy.orm import registry
@@ -66,12 +66,19 @@ def _timestamp() -> Any:
 
 
 def _owner() -> Any:
-    return Field(foreign_key="user.id", ondelete="CASCADE", sa_type=Text)
+    return Field(primary_key=True, foreign_key="user.id", ondelete="CASCADE", sa_type=Text)
+
+
+def _owner_first_key() -> PrimaryKeyConstraint:
+    """(user_id, id): Citus needs the distribution column in the key, and user_id leads like
+    in every other index of the owned tables (revision f442b80e6153)."""
+    return PrimaryKeyConstraint("user_id", "id")
 
 
 class Task(OwnedModel, table=True):
     __tablename__: ClassVar[str] = "task"
     __table_args__ = (
+        _owner_first_key(),
         CheckConstraint("char_length(title) between 1 and 200", name="title_length"),
         CheckConstraint("title ~ '\\S'", name="title_not_blank"),
         Index(None, "user_id", "completed", "created_at", "id"),
@@ -91,12 +98,12 @@ class Task(OwnedModel, table=True):
 class Conversation(OwnedModel, table=True):
     __tablename__: ClassVar[str] = "conversation"
     __table_args__ = (
+        # Also the target of message's composite foreign key.
+        _owner_first_key(),
         CheckConstraint(
             "title is null or (char_length(title) between 1 and 200 and title ~ '\\S')",
             name="title_valid",
         ),
-        # Target of message's composite foreign key.
-        UniqueConstraint("id", "user_id"),
         Index(None, "user_id", "updated_at", "id"),
     )
     __mapper_args__: ClassVar[dict[str, Any]] = {"eager_defaults": True}
@@ -111,6 +118,7 @@ class Conversation(OwnedModel, table=True):
 class Message(OwnedModel, table=True):
     __tablename__: ClassVar[str] = "message"
     __table_args__ = (
+        _owner_first_key(),
         # Composite: a message can only point into a conversation of its own user.
         ForeignKeyConstraint(
             ["conversation_id", "user_id"],
@@ -124,7 +132,7 @@ class Message(OwnedModel, table=True):
 
     id: uuid.UUID | None = _uuid_pk()
     # Owned through the composite key above, which also ties it to "user".
-    user_id: str = Field(sa_type=Text)
+    user_id: str = Field(primary_key=True, sa_type=Text)
     conversation_id: uuid.UUID
     role: str = Field(sa_type=Text)
     content: str = Field(sa_type=Text)
@@ -158,3 +166,36 @@ class UserPreference(OwnedModel, table=True):
     notify_push: bool = Field(default=False, sa_column_kwargs={"server_default": text("false")})
     created_at: datetime | None = _timestamp()
     updated_at: datetime | None = _timestamp()
+
+
+AUDIT_ACTIONS = ("insert", "update", "delete")
+AUDITED_TABLES = ("task", "conversation", "message")
+
+
+class AuditEvent(OwnedModel, table=True):
+    """One insert, update or delete on task, conversation or message: who (the owner), what,
+    which row, when; no content. Written by a trigger; the app role may read and add, never
+    change or remove (ADR 0009)."""
+
+    __tablename__: ClassVar[str] = "audit_event"
+    __table_args__ = (
+        CheckConstraint("action in ('insert', 'update', 'delete')", name="action_known"),
+        CheckConstraint(
+            "table_name in ('task', 'conversation', 'message')", name="table_name_known"
+        ),
+        Index(None, "user_id", "occurred_at", "id"),
+    )
+
+    # user_id first in the key: distributable by user_id, and the policies' filter is indexed.
+    user_id: str = Field(primary_key=True, foreign_key="user.id", ondelete="CASCADE", sa_type=Text)
+    id: uuid.UUID | None = _uuid_pk()
+    # The moment of the change, not the transaction's start: events of one transaction keep
+    # their order.
+    occurred_at: datetime | None = Field(
+        default=None,
+        sa_type=DateTime(timezone=True),
+        sa_column_kwargs={"server_default": text("clock_timestamp()"), "nullable": False},
+    )
+    action: str = Field(sa_type=Text)
+    table_name: str = Field(sa_type=Text)
+    row_id: uuid.UUID

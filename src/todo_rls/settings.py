@@ -13,6 +13,7 @@ from todo_rls.errors import TodoRlsError
 
 ENV_PREFIX = "TODO_RLS_"
 PgBouncerMode = Literal["auto", "on", "off"]
+PreparedMode = Literal["auto", "on", "off"]
 
 
 class SettingsError(TodoRlsError, ValueError):
@@ -71,6 +72,10 @@ class Settings(BaseSettings):
     pgbouncer: Annotated[PgBouncerMode, Field(json_schema_extra=_allowed("auto, on or off"))] = (
         "auto"
     )
+    # Server-side prepared statements; auto: on, unless behind PgBouncer.
+    prepared_statements: Annotated[
+        PreparedMode, Field(json_schema_extra=_allowed("auto, on or off"))
+    ] = "auto"
     # The role scoped sessions switch to in each transaction (scoped_session's set_role), for
     # deployments that must log in as a role RLS does not bind; unset: no switch.
     set_role: Annotated[
@@ -80,7 +85,7 @@ class Settings(BaseSettings):
         ),
     ] = None
 
-    @field_validator("pgbouncer", mode="before")
+    @field_validator("pgbouncer", "prepared_statements", mode="before")
     @classmethod
     def _lower_case_mode(cls, value: object) -> object:
         return value.strip().lower() if isinstance(value, str) else value
@@ -96,6 +101,11 @@ class Settings(BaseSettings):
     def pgbouncer_flag(self) -> bool | None:
         """pgbouncer as EngineSettings takes it: None for auto-detection."""
         return {"auto": None, "on": True, "off": False}[self.pgbouncer]
+
+    @property
+    def prepared_statements_flag(self) -> bool | None:
+        """prepared_statements as EngineSettings takes it: None for auto."""
+        return {"auto": None, "on": True, "off": False}[self.prepared_statements]
 
 
 def _variable(field: str) -> str:
