@@ -1,6 +1,7 @@
 """The todo-rls command line: migrate, downgrade, and the demo that proves the isolation."""
 
 import argparse
+import importlib.metadata
 import os
 import sys
 import textwrap
@@ -11,16 +12,21 @@ import psycopg
 from sqlalchemy import URL
 from sqlalchemy.exc import DBAPIError
 
-from todo_rls import migrate
+from todo_rls import keys_command, migrate
+from todo_rls.bench import citus as bench_citus
 from todo_rls.bench import run as bench_command
 from todo_rls.check import command as rls_check
 from todo_rls.demo import DEMO_ROLE, run_demo
 from todo_rls.embedded import DEFAULT_DATA_DIR, DEMO_DATABASE, embedded_database_url
-from todo_rls.engine import database_url
-from todo_rls.errors import DatabaseUrlError, TodoRlsError
+from todo_rls.engine import database_url, is_pgbouncer_url
+from todo_rls.errors import TodoRlsError
 from todo_rls.stress import command as stress
 
-URL_HELP = "database URL (default: $DATABASE_URL), as a role allowed to create tables and roles"
+URL_HELP = (
+    "the owner's URL (default: $DATABASE_URL_DIRECT, then $DATABASE_URL): the role that owns "
+    "schema public and todo-rls's tables, over a direct (not pooled) host; any other role is "
+    "refused before anything changes"
+)
 
 
 def _describe(url: URL) -> str:
@@ -35,28 +41,39 @@ def _given_url(args: argparse.Namespace) -> str | None:
     return url
 
 
-def _required_url(args: argparse.Namespace) -> str:
-    url = _given_url(args)
-    if not url:
-        raise DatabaseUrlError(
-            "no database URL: pass --url URL or export "
-            "DATABASE_URL=postgresql://USER:PASSWORD@HOST/DBNAME"
+def _where_it_ended(url: URL) -> str:
+    """The todo-rls revision(s) url's database is at now, each with its message, or base."""
+    revisions = migrate.current_revisions(url)
+    if not revisions:
+        return "base (no todo-rls revision applied; Better Auth's tables untouched)"
+    return ", ".join(migrate.describe_revision(revision) for revision in revisions)
+
+
+def _migration(args: argparse.Namespace, action: str) -> int:
+    """Run migrate.upgrade or migrate.downgrade as the CLI does, then say where it ended."""
+    target = migrate.migration_url(args.url)
+    if is_pgbouncer_url(target.url):
+        print(
+            f"todo-rls: warning: {target.source} names a pooled host (-pooler); migrations "
+            "belong on the direct URL (Neon advises it; docs/neon.md)",
+            file=sys.stderr,
         )
-    return url
+    rendered = target.url.render_as_string(hide_password=False)
+    getattr(migrate, action)(rendered, args.revision)
+    verb = "upgraded" if action == "upgrade" else "downgraded"
+    print(
+        f"todo-rls: {verb} {_describe(target.url)} (URL from {target.source}); it is now at "
+        f"{_where_it_ended(target.url)}"
+    )
+    return 0
 
 
 def _migrate(args: argparse.Namespace) -> int:
-    url = _required_url(args)
-    migrate.upgrade(url, args.revision)
-    print(f"todo-rls: upgraded {_describe(database_url(url))} to {args.revision}")
-    return 0
+    return _migration(args, "upgrade")
 
 
 def _downgrade(args: argparse.Namespace) -> int:
-    url = _required_url(args)
-    migrate.downgrade(url, args.revision)
-    print(f"todo-rls: downgraded {_describe(database_url(url))} to {args.revision}")
-    return 0
+    return _migration(args, "downgrade")
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -68,6 +85,14 @@ def _demo(args: argparse.Namespace) -> int:
         url = embedded_database_url(data_dir)
         where = f"an embedded PostgreSQL in {data_dir} (database {DEMO_DATABASE!r})"
     return 0 if run_demo(url, where) else 1
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml's, as pip installed it)."""
+    try:
+        return importlib.metadata.version("todo-rls")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "unknown (not installed)"
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -110,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Row-level-security-first PostgreSQL schema for a multi-user Todo + AI chat "
         "backend: apply its migrations, or watch the isolation work with `todo-rls demo`.",
     )
+    parser.add_argument("--version", action="version", version=f"todo-rls {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     upgrade = _add_command(
         commands,
@@ -123,12 +149,17 @@ def build_parser() -> argparse.ArgumentParser:
     downgrade = _add_command(
         commands,
         "downgrade",
-        "Revert the migrations down to a revision; "
-        'Better Auth\'s "user" table and its rows are never touched.',
+        "Revert the migrations down to a revision, which must be given (--revision base removes "
+        'everything of todo-rls); Better Auth\'s "user" table and its rows are never touched.',
         _downgrade,
     )
     downgrade.add_argument("--url", help=URL_HELP)
-    downgrade.add_argument("--revision", default="base", help="target revision (default: base)")
+    downgrade.add_argument(
+        "--revision",
+        required=True,
+        help="target revision, required: a revision id, -1 for one step back, or base to "
+        "remove every table, policy and function of todo-rls (rows included)",
+    )
     demo = _add_command(
         commands,
         "demo",
@@ -140,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--url",
         help="admin URL (default: $DATABASE_URL): a superuser or owner allowed to create "
-        f"roles; the demo creates login role {DEMO_ROLE} and checks everything as it",
+        f"roles; the demo creates a login role for the run ({DEMO_ROLE}_*), checks everything "
+        "as it, and drops it at the end",
     )
     demo.add_argument(
         "--data-dir",
@@ -177,6 +209,26 @@ def build_parser() -> argparse.ArgumentParser:
         bench_command.run,
     )
     bench_command.add_arguments(bench)
+    bench_citus.add_arguments(
+        _add_command(
+            commands,
+            "bench-citus",
+            "Compare the app's query patterns on a Citus cluster with a single PostgreSQL "
+            "server in one run (scoped sessions as a login of todo_app, interleaved), and "
+            "measure a query that fans out to every shard; docs/citus.md has the figures.",
+            bench_citus.run,
+        )
+    )
+    keys_command.add_arguments(
+        _add_command(
+            commands,
+            "keys",
+            "Manage the keys the database verifies each transaction's user with: generate one, "
+            "add the one in $TODO_RLS_SIGNING_KEY, list them, retire one after its successor is "
+            "deployed. As the database owner.",
+            keys_command.run,
+        )
+    )
     return parser
 
 

@@ -1,9 +1,11 @@
 """`todo-rls demo`: alice and bob write through scoped sessions, then each claim is checked.
 
 The admin URL sets the stage (Better Auth's table, migrations, a login role, two users); every
-claim is then checked through the login role todo_rls_demo_app, which row-level security binds.
+claim is then checked through that login role, which row-level security binds. The role is the
+run's own (todo_rls_demo_app_<pid>_<hex>, random password) and is dropped when the demo ends.
 """
 
+import os
 import secrets
 import uuid
 from dataclasses import dataclass
@@ -15,21 +17,19 @@ from sqlalchemy import URL, Engine, func, text
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import Session, select
 
-from todo_rls import migrate
+from todo_rls import keys, migrate
+
+# Re-exported ("as"): its home is todo_rls.better_auth; older imports from here keep working.
+from todo_rls.better_auth import BETTER_AUTH_USER_DDL as BETTER_AUTH_USER_DDL
 from todo_rls.engine import create_engine, database_url
-from todo_rls.errors import DatabaseUnavailableError, TodoRlsError
+from todo_rls.errors import ContextRejectedError, DatabaseUnavailableError, TodoRlsError
+from todo_rls.identity import SigningKey
 from todo_rls.models import Conversation, Message, Task
 from todo_rls.session import APP_ROLE, scoped_session
 
+# The prefix of each run's login role; the role itself is dropped at the end of the run.
 DEMO_ROLE = "todo_rls_demo_app"
 
-# Better Auth 1.x's DDL for its users table, verbatim: the demo's stand-in for its migration.
-BETTER_AUTH_USER_DDL = """
-create table "user" ("id" text not null primary key, "name" text not null,
-  "email" text not null unique, "emailVerified" boolean not null, "image" text,
-  "createdAt" timestamptz default CURRENT_TIMESTAMP not null,
-  "updatedAt" timestamptz default CURRENT_TIMESTAMP not null)
-"""
 
 _ROLE_FACTS = text(
     "select current_user::text, r.rolsuper, r.rolbypassrls,"
@@ -134,24 +134,31 @@ def _ensure_user_table(conn: psycopg.Connection[Any]) -> None:
     _step('"user" table', "created with Better Auth's DDL, a stand-in for its own migration")
 
 
-def _ensure_demo_role(conn: psycopg.Connection[Any]) -> str:
-    """Create the demo's login role if absent, give it a fresh password; return the password."""
-    role, password = sql.Identifier(DEMO_ROLE), secrets.token_urlsafe(24)
+def _create_demo_role(conn: psycopg.Connection[Any]) -> tuple[str, str]:
+    """Create this run's login role, a member of todo_app; its name and random password."""
+    name = f"{DEMO_ROLE}_{os.getpid()}_{secrets.token_hex(4)}"
+    role, password = sql.Identifier(name), secrets.token_urlsafe(24)
     try:
-        try:
-            with conn.transaction():
-                conn.execute(sql.SQL("create role {} login").format(role))
-        except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
-            pass  # an earlier run (maybe on another database of this cluster) created it
-        conn.execute(sql.SQL("alter role {} password {}").format(role, sql.Literal(password)))
-        conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(APP_ROLE), role))
+        with conn.transaction():
+            conn.execute(
+                sql.SQL("create role {} login nosuperuser nobypassrls password {}").format(
+                    role, sql.Literal(password)
+                )
+            )
+            conn.execute(sql.SQL("grant {} to {}").format(sql.Identifier(APP_ROLE), role))
     except psycopg.errors.InsufficientPrivilege as error:
         raise DemoError(
-            f"cannot create or update role {DEMO_ROLE} ({error.diag.message_primary}): "
+            f"cannot create role {name} ({error.diag.message_primary}): "
             "pass an admin URL (a superuser or a role with CREATEROLE), not the app's URL"
         ) from error
-    _step("login role", f"{DEMO_ROLE}: LOGIN, member of {APP_ROLE}, fresh random password")
-    return password
+    _step("login role", f"{name}: LOGIN, member of {APP_ROLE}, random password, dropped at the end")
+    return name, password
+
+
+def _drop_demo_role(admin_url: str, name: str) -> None:
+    """The end of a run: its login role goes (it owns nothing; only todo_app is granted)."""
+    with _admin_connect(database_url(admin_url)) as conn:
+        conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
 
 
 def _reset_users(conn: psycopg.Connection[Any]) -> None:
@@ -165,24 +172,26 @@ def _reset_users(conn: psycopg.Connection[Any]) -> None:
     _step("users", "alice and bob (re-created, so earlier demo rows are gone)")
 
 
-def _prepare(admin_url: str) -> str:
-    """Set the stage as the admin; return the URL of the demo's login role."""
+def _prepare(admin_url: str, key: SigningKey) -> tuple[str, str]:
+    """Set the stage as the admin; the demo's login role and its URL (drop it when done)."""
     url = database_url(admin_url)
     with _admin_connect(url) as conn:
         _require_admin(conn)
         _ensure_user_table(conn)
         migrate.upgrade(admin_url)
         _step("migrations", "applied up to head")
-        password = _ensure_demo_role(conn)
+        keys.add(conn, key)
+        _step("signing key", f"{key.key_id}: random, for this run only (removed at the end)")
         _reset_users(conn)
+        role, password = _create_demo_role(conn)
     # Same host, port, database and options (e.g. the socket folder): only the role changes.
-    return url.set(username=DEMO_ROLE, password=password).render_as_string(hide_password=False)
+    return role, url.set(username=role, password=password).render_as_string(hide_password=False)
 
 
-def _write(engine: Engine, user: DemoUser) -> Written:
+def _write(engine: Engine, key: SigningKey, user: DemoUser) -> Written:
     """Write user's tasks and a conversation through their scoped session."""
     written = Written(user, tuple(uuid.uuid4() for _ in user.tasks), uuid.uuid4())
-    with scoped_session(engine, user.id) as session:
+    with scoped_session(engine, user.id, signing_key=key) as session:
         session.add_all(
             Task(id=task_id, user_id=user.id, title=title)
             for task_id, title in zip(written.task_ids, user.tasks, strict=True)
@@ -204,20 +213,20 @@ def _write(engine: Engine, user: DemoUser) -> Written:
     return written
 
 
-def _role_claim(engine: Engine) -> Claim:
-    with scoped_session(engine, ALICE.id) as session:
+def _role_claim(engine: Engine, key: SigningKey, login_role: str) -> Claim:
+    with scoped_session(engine, ALICE.id, signing_key=key) as session:
         role, superuser, bypassrls, active = session.connection().execute(_ROLE_FACTS).one()
     facts = (
         f"(superuser: {_yes(superuser)}, bypassrls: {_yes(bypassrls)}),"
         f" row_security_active('task'): {_yes(active)}"
     )
-    held = role == DEMO_ROLE and not superuser and not bypassrls and active is True
+    held = role == login_role and not superuser and not bypassrls and active is True
     return Claim(f"connected as {role} {facts}", held)
 
 
-def _sees_only_own_tasks(engine: Engine, written: Written) -> Claim:
+def _sees_only_own_tasks(engine: Engine, key: SigningKey, written: Written) -> Claim:
     user = written.user
-    with scoped_session(engine, user.id) as session:
+    with scoped_session(engine, user.id, signing_key=key) as session:
         tasks = session.exec(select(Task)).all()
     foreign = sum(task.user_id != user.id for task in tasks)
     held = {task.id for task in tasks} == set(written.task_ids) and foreign == 0
@@ -237,8 +246,8 @@ def _unscoped_claim(engine: Engine, total: int) -> Claim:
     )
 
 
-def _unfiltered_select_claim(engine: Engine, alice: Written) -> Claim:
-    with scoped_session(engine, alice.user.id) as session:
+def _unfiltered_select_claim(engine: Engine, key: SigningKey, alice: Written) -> Claim:
+    with scoped_session(engine, alice.user.id, signing_key=key) as session:
         rows = session.connection().execute(text(_UNFILTERED)).mappings().all()
     foreign = sum(row["user_id"] != alice.user.id for row in rows)
     return Claim(
@@ -248,8 +257,8 @@ def _unfiltered_select_claim(engine: Engine, alice: Written) -> Claim:
     )
 
 
-def _update_claim(engine: Engine, alice: Written, bob: Written) -> Claim:
-    with scoped_session(engine, alice.user.id) as session:
+def _update_claim(engine: Engine, key: SigningKey, alice: Written, bob: Written) -> Claim:
+    with scoped_session(engine, alice.user.id, signing_key=key) as session:
         connection = session.connection()
         own = connection.execute(_EDIT_TASK, {"id": alice.task_ids[0]}).rowcount
         other = connection.execute(_EDIT_TASK, {"id": bob.task_ids[0]}).rowcount
@@ -260,9 +269,11 @@ def _update_claim(engine: Engine, alice: Written, bob: Written) -> Claim:
     )
 
 
-def _refusal(engine: Engine, as_user: str, owner: str, conversation_id: uuid.UUID) -> str | None:
+def _refusal(
+    engine: Engine, key: SigningKey, as_user: str, owner: str, conversation_id: uuid.UUID
+) -> str | None:
     """Try to add a message as as_user; the error's name if refused, None if it was written."""
-    with scoped_session(engine, as_user) as session:
+    with scoped_session(engine, as_user, signing_key=key) as session:
         session.add(
             Message(user_id=owner, conversation_id=conversation_id, role="user", content="hi")
         )
@@ -278,10 +289,10 @@ def _outcome(refusal: str | None) -> str:
     return f"refused ({refusal})" if refusal else "it was written"
 
 
-def _message_claims(engine: Engine, alice: Written, bob: Written) -> list[Claim]:
-    as_herself = _refusal(engine, alice.user.id, alice.user.id, bob.conversation_id)
-    as_bob = _refusal(engine, alice.user.id, bob.user.id, bob.conversation_id)
-    with scoped_session(engine, bob.user.id) as session:
+def _message_claims(engine: Engine, key: SigningKey, alice: Written, bob: Written) -> list[Claim]:
+    as_herself = _refusal(engine, key, alice.user.id, alice.user.id, bob.conversation_id)
+    as_bob = _refusal(engine, key, alice.user.id, bob.user.id, bob.conversation_id)
+    with scoped_session(engine, bob.user.id, signing_key=key) as session:
         count = session.exec(select(func.count()).select_from(Message)).one()
     return [
         Claim(
@@ -296,25 +307,56 @@ def _message_claims(engine: Engine, alice: Written, bob: Written) -> list[Claim]
     ]
 
 
+def _forged_context_claim(engine: Engine, key: SigningKey, alice: Written, bob: Written) -> Claim:
+    """SQL run inside alice's session (an injection) claims to be bob."""
+    with scoped_session(engine, alice.user.id, signing_key=key) as session:
+        connection = session.connection()
+        connection.execute(
+            text("select pg_catalog.set_config('app.user_id', :bob, true)"), {"bob": bob.user.id}
+        )
+        try:
+            seen = len(connection.execute(text(_UNFILTERED)).all())
+            outcome = f"it read {_plural(seen, 'row')}"
+        except ContextRejectedError:
+            seen, outcome = 0, "refused (ContextRejectedError: the signature does not match)"
+        session.rollback()
+    return Claim(
+        f"SQL in alice's session that sets app.user_id to bob's id: {outcome}",
+        outcome.startswith("refused"),
+    )
+
+
+def _remove_key(admin_url: str, key: SigningKey) -> None:
+    with _admin_connect(database_url(admin_url)) as conn:
+        keys.remove(conn, key.key_id)
+
+
 def run_demo(admin_url: str, where: str) -> bool:
-    """Set up on admin_url, write as alice and bob, print each claim; True if all held."""
+    """Set up on admin_url, write as alice and bob, print each claim; True if all held. The
+    run's login role is dropped at the end, whatever happened."""
     print(f"todo-rls demo on {where}\n")
-    app_url = _prepare(admin_url)
-    engine = create_engine(app_url)
+    key = SigningKey(os.urandom(32))
+    role, app_url = _prepare(admin_url, key)
     try:
-        alice, bob = _write(engine, ALICE), _write(engine, BOB)
-        claims = [
-            _role_claim(engine),
-            _sees_only_own_tasks(engine, alice),
-            _sees_only_own_tasks(engine, bob),
-            _unscoped_claim(engine, len(alice.task_ids) + len(bob.task_ids)),
-            _unfiltered_select_claim(engine, alice),
-            _update_claim(engine, alice, bob),
-            *_message_claims(engine, alice, bob),
-        ]
+        engine = create_engine(app_url)
+        try:
+            alice, bob = _write(engine, key, ALICE), _write(engine, key, BOB)
+            claims = [
+                _role_claim(engine, key, role),
+                _sees_only_own_tasks(engine, key, alice),
+                _sees_only_own_tasks(engine, key, bob),
+                _unscoped_claim(engine, len(alice.task_ids) + len(bob.task_ids)),
+                _unfiltered_select_claim(engine, key, alice),
+                _update_claim(engine, key, alice, bob),
+                *_message_claims(engine, key, alice, bob),
+                _forged_context_claim(engine, key, alice, bob),
+            ]
+        finally:
+            engine.dispose()
     finally:
-        engine.dispose()
-    print(f"\nClaims, each checked as {DEMO_ROLE}:")
+        _drop_demo_role(admin_url, role)
+        _remove_key(admin_url, key)
+    print(f"\nClaims, each checked as {role} (dropped since):")
     for claim in claims:
         print(f"  {'✓' if claim.held else '✗'} {claim.text}")
     held = sum(claim.held for claim in claims)

@@ -1,4 +1,4 @@
-"""The PNG of docs/benchmarks.md: request latency vs data size, scoped vs explicit."""
+"""The PNG of docs/benchmarks.md: request latency vs data size, scoped vs plain."""
 
 from pathlib import Path
 from typing import Any
@@ -20,17 +20,16 @@ def draw(results: list[dict[str, Any]], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(8, 4.5), dpi=120)
     for index, name in enumerate(CHARTED):
         color = f"C{index}"
-        for key, style, side in (("rls", "-", "scoped (RLS)"), ("explicit", "--", "explicit")):
+        for key, style, side in (("scoped", "-", "scoped (RLS)"), ("plain", "--", "plain")):
             medians = [
-                next(p[f"{key}_median_ms"] for p in r["patterns"] if p["name"] == name)
-                for r in sized
+                next(p["median_ms"][key] for p in r["patterns"] if p["name"] == name) for r in sized
             ]
             axes.plot(sizes, medians, style, marker="o", color=color, label=f"{name}, {side}")
     axes.set_xscale("log")
     axes.set_xlabel("tasks in the database")
     axes.set_ylabel("median request latency (ms)")
     axes.set_ylim(bottom=0)
-    axes.set_title("todo-rls bench: scoped (RLS + wrapper) vs explicit user_id filter")
+    axes.set_title("todo-rls bench: scoped (RLS + wrapper) vs plain user_id filter")
     axes.legend(fontsize=7, ncol=2)
     axes.grid(True, alpha=0.3)
     figure.tight_layout()

@@ -1,28 +1,25 @@
-"""The query patterns the app runs, each as (a) the app's way and (b) hand-filtered SQL.
+"""The query patterns the app runs, each as the app's way (scoped) and as hand-filtered SQL.
 
-(a) runs the data-access functions in todo_rls.scoped_session as a login role RLS binds.
-(a') is (a) minus the wrapper's role check: the same functions as the app role, in a Session
-that opens each transaction with one message `BEGIN; SELECT set_config('app.user_id', ...)`
-and nothing else, so (a) - (a') is what the check costs and (a') - (b) what the policies cost.
-(b) runs the very same functions, hence the very same SQL (they filter by user_id explicitly
-on top of RLS), in a plain Session as a BYPASSRLS role: no wrapper, no policy. The wrapper
-refuses BYPASSRLS roles, so (b) never goes through it.
+Scoped runs the data-access functions in todo_rls.scoped_session as a login role RLS binds:
+every transaction opened by the wrapper (BEGIN + begin_scope, signed context), every policy
+calling the verifier. Plain runs the very same functions, hence the very same SQL (they filter
+by user_id explicitly on top of RLS), in a plain Session on a plain SQLAlchemy engine as a
+BYPASSRLS role: no wrapper, no policy. The wrapper refuses BYPASSRLS roles, so plain never
+goes through it.
 """
 
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
-import psycopg
-from psycopg import generators, pq, sql
-from sqlalchemy import Connection, Engine, event
-from sqlalchemy.orm import SessionTransaction
+from sqlalchemy import Engine
 from sqlmodel import Session
 
 from todo_rls import chat, tasks
 from todo_rls.bench.subjects import Subject
-from todo_rls.session import _SCOPE_KEY, Scope, scoped_session
+from todo_rls.identity import SigningKey
+from todo_rls.session import _SCOPE_INFO_KEY, Scope, scoped_session
 
 Run = Callable[[Session, Subject], object]
 
@@ -50,38 +47,15 @@ PATTERNS = (
 )
 
 
+# The plain side never signs or sends its Scope; a throwaway key satisfies the type.
+_UNUSED_KEY = SigningKey(os.urandom(32))
+
+
 @contextmanager
 def explicit_session(engine: Engine, user_id: str) -> Iterator[Session]:
-    """(b): a plain Session that carries user_id where the DAL reads it, with no scoping."""
+    """A plain Session that carries user_id where the DAL reads it, with no scoping."""
     # current_user_id() reads session.info; nothing here sets app.user_id or checks the role.
-    with Session(engine, info={_SCOPE_KEY: Scope(user_id)}) as session:
-        yield session
-
-
-_BEGIN_AND_SET_USER = sql.SQL("begin; select pg_catalog.set_config('app.user_id', {}, true)")
-
-
-class _SetUserOnlySession(Session):
-    """(a'): scoped by a bare set_config in the message that opens the transaction."""
-
-
-@event.listens_for(_SetUserOnlySession, "after_begin")
-def _set_user(session: Session, _transaction: SessionTransaction, connection: Connection) -> None:
-    raw: Any = connection.connection.dbapi_connection
-    scope: Scope = session.info[_SCOPE_KEY]
-    query = _BEGIN_AND_SET_USER.format(sql.Literal(scope.user_id)).as_bytes(raw)
-    with raw.lock:  # as todo_rls.session does: psycopg then skips its own BEGIN
-        raw.pgconn.send_query(query)
-        results = raw.wait(generators.execute(raw.pgconn))
-    for result in results:
-        if result.status == pq.ExecStatus.FATAL_ERROR:
-            raise psycopg.errors.error_from_result(result, encoding=raw.info.encoding)
-
-
-@contextmanager
-def set_user_only_session(engine: Engine, user_id: str) -> Iterator[Session]:
-    """(a'): RLS as the app role, scoped without the wrapper's role check."""
-    with _SetUserOnlySession(engine, info={_SCOPE_KEY: Scope(user_id)}) as session:
+    with Session(engine, info={_SCOPE_INFO_KEY: Scope(user_id, _UNUSED_KEY)}) as session:
         yield session
 
 
@@ -95,18 +69,12 @@ def run_once(pattern: Pattern, session: Session, subject: Subject) -> None:
 
 
 def run_scoped(engine: Engine, pattern: Pattern, subject: Subject) -> None:
-    """(a): one request the app's way, through the wrapper."""
+    """One request the app's way, through the wrapper."""
     with scoped_session(engine, subject.user_id) as session:
         run_once(pattern, session, subject)
 
 
-def run_set_user_only(engine: Engine, pattern: Pattern, subject: Subject) -> None:
-    """(a'): the request as the app role with RLS, minus the wrapper's role check."""
-    with set_user_only_session(engine, subject.user_id) as session:
-        run_once(pattern, session, subject)
-
-
 def run_explicit(engine: Engine, pattern: Pattern, subject: Subject) -> None:
-    """(b): the same request as hand-filtered SQL on a BYPASSRLS connection."""
+    """The same request as hand-filtered SQL on a BYPASSRLS connection."""
     with explicit_session(engine, subject.user_id) as session:
         run_once(pattern, session, subject)

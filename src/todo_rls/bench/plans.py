@@ -38,10 +38,10 @@ def index_scans_only(nodes: list[str]) -> bool:
     return bool(nodes) and all(node.startswith(INDEX_SCANS) for node in nodes)
 
 
-def plan_of(
-    session_cm: AbstractContextManager[Session], pattern: Pattern, subject: Subject
-) -> list[str]:
-    """Run pattern once in the session (rolled back) and EXPLAIN every statement it sent."""
+def _explained(
+    session_cm: AbstractContextManager[Session], pattern: Pattern, subject: Subject, options: str
+) -> list[dict[str, Any]]:
+    """Run pattern once in the session (rolled back); EXPLAIN (options) of every statement."""
     statements: list[tuple[str, Any]] = []
 
     def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
@@ -54,10 +54,54 @@ def plan_of(
             pattern.run(session, subject)
         finally:
             event.remove(connection, "before_cursor_execute", capture)
-        nodes = []
+        plans = []
         # Same connection, same transaction: the same role and app.user_id as the pattern had.
         for statement, parameters in statements:
-            result = connection.exec_driver_sql(f"explain (format json) {statement}", parameters)
-            nodes += scan_nodes(result.scalar_one()[0]["Plan"])
+            result = connection.exec_driver_sql(f"explain ({options}) {statement}", parameters)
+            plans.append(result.scalar_one()[0]["Plan"])
         session.rollback()
-    return nodes
+    return plans
+
+
+def plan_of(
+    session_cm: AbstractContextManager[Session], pattern: Pattern, subject: Subject
+) -> list[str]:
+    """The scan nodes of every statement pattern sends, as it runs in the session."""
+    return [
+        node
+        for plan in _explained(session_cm, pattern, subject, "format json")
+        for node in scan_nodes(plan)
+    ]
+
+
+# Where a plan node can hold the verifier's call, and what the report calls it.
+_PLACES = {
+    "Index Cond": "index condition",
+    "Recheck Cond": "recheck condition",
+    "Filter": "filter (per row)",
+    "One-Time Filter": "one-time filter",
+    "Join Filter": "join filter (per row)",
+}
+
+
+def verifier_placement(plan: dict[str, Any]) -> list[str]:
+    """Where plan (EXPLAIN VERBOSE) calls todo_rls.current_user_id(): an InitPlan (once per
+    statement), an index condition (once per scan), a filter (once per row), ..."""
+    found = []
+    for node in _nodes(plan):
+        if node.get("Parent Relationship") == "InitPlan" and any(
+            "current_user_id()" in output for output in node.get("Output", [])
+        ):
+            found.append("InitPlan (once per statement)")
+        for key, place in _PLACES.items():
+            if "current_user_id()" in str(node.get(key, "")):
+                found.append(f"{place} of {node['Node Type']}")
+    return found
+
+
+def verifier_at(
+    session_cm: AbstractContextManager[Session], pattern: Pattern, subject: Subject
+) -> list[str]:
+    """verifier_placement of every statement pattern sends, duplicates dropped."""
+    plans = _explained(session_cm, pattern, subject, "verbose, format json")
+    return list(dict.fromkeys(place for plan in plans for place in verifier_placement(plan)))

@@ -66,7 +66,10 @@ class Context:
 
 
 # Tables in scope: every table with a user_id column in a non-system schema, and every other
-# table of the app schema that is not allowlisted.
+# table of the app schema that is not allowlisted, except Alembic version tables (a single
+# version_num column, whatever the name: ours is todo_rls_alembic_version, an app's own chain
+# has alembic_version or a name of its choosing). Those hold revision ids, not user rows; one
+# the app's roles can read or write is READ001's (revoke the grant), not RLS's.
 _TABLES = """
     select c.oid::int, pg_catalog.format('%%I.%%I', n.nspname, c.relname), c.relrowsecurity,
            c.relforcerowsecurity, c.relowner::int
@@ -77,7 +80,10 @@ _TABLES = """
       and (exists (select from pg_catalog.pg_attribute a
                    where a.attrelid = c.oid and a.attname = 'user_id' and a.attnum > 0
                      and not a.attisdropped)
-           or (n.nspname = %(schema)s and c.relname <> all(%(allow)s)))
+           or (n.nspname = %(schema)s and c.relname <> all(%(allow)s)
+               and array(select a.attname::text from pg_catalog.pg_attribute a
+                         where a.attrelid = c.oid and a.attnum > 0 and not a.attisdropped)
+                   <> array['version_num']))
     order by 2
 """
 _ROLE = """

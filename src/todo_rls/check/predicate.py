@@ -3,6 +3,8 @@
 import re
 from enum import Enum
 
+from todo_rls.owner_rls import FORGEABLE_OWNER_MATCHES, OWNER_MATCHES, OWNER_MATCHES_BARE
+
 # Tokens of pg_get_expr's output: string literals, quoted identifiers, words, casts, symbols.
 _TOKEN = re.compile(
     r"""
@@ -21,12 +23,7 @@ _TOKEN = re.compile(
 _TEXT_CASTS = (["text"], ["pg_catalog", ".", "text"])
 
 # The owner check every policy should use, as SQL for the fixes the rules print.
-CANONICAL_SQL = "user_id = (select nullif(pg_catalog.current_setting('app.user_id', true), ''))"
-# The same predicate as pg_get_expr prints it, normalized.
-CANONICAL: tuple[str, ...] = ("user_id", "=", "select", "nullif", "current_setting")
-CANONICAL += ("'app.user_id'", ",", "true", ",", "''")
-# The same predicate without its sub-select: as safe, but evaluated once per row.
-CANONICAL_BARE = tuple(part for part in CANONICAL if part != "select")
+CANONICAL_SQL = OWNER_MATCHES
 
 
 class Shape(Enum):
@@ -34,6 +31,7 @@ class Shape(Enum):
 
     CANONICAL = "canonical"
     BARE = "canonical but without the sub-select"
+    FORGEABLE = "keyed on the app.user_id setting itself, which any SQL the app runs can set"
     OTHER = "not the canonical form"
 
 
@@ -81,18 +79,30 @@ def normalize(expression: str) -> tuple[str, ...]:
     return tuple(out)
 
 
+# The predicates, normalized (derived from owner_rls's SQL, never written twice).
+CANONICAL = normalize(OWNER_MATCHES)
+CANONICAL_BARE = normalize(OWNER_MATCHES_BARE)
+FORGEABLE = normalize(FORGEABLE_OWNER_MATCHES)
+FORGEABLE_BARE = tuple(part for part in FORGEABLE if part != "select")
+# Calls a policy should make once per statement, in a sub-select.
+PER_STATEMENT_CALLS = ("current_setting", "current_user_id")
+
+
 def shape(expression: str) -> Shape:
-    """Whether expression is the canonical owner check, the same without sub-select, or other."""
+    """Whether expression is the canonical owner check, the same without sub-select, the
+    forgeable check of before the verified identity, or other."""
     normalized = normalize(expression)
     if normalized == CANONICAL:
         return Shape.CANONICAL
     if normalized == CANONICAL_BARE:
         return Shape.BARE
+    if normalized in (FORGEABLE, FORGEABLE_BARE):
+        return Shape.FORGEABLE
     return Shape.OTHER
 
 
-def has_bare_setting(expression: str) -> bool:
-    """Whether a current_setting call in expression sits outside every `(select ...)`.
+def has_bare_call(expression: str) -> bool:
+    """Whether a current_setting or current_user_id call sits outside every `(select ...)`.
 
     Such a call is evaluated once per row instead of once per statement (an InitPlan).
     """
@@ -103,6 +113,6 @@ def has_bare_setting(expression: str) -> bool:
             subselect_depths.append(raw[i + 1 : i + 2] == ["select"])
         elif part == ")" and subselect_depths:
             subselect_depths.pop()
-        elif part == "current_setting" and not any(subselect_depths):
+        elif part in PER_STATEMENT_CALLS and not any(subselect_depths):
             return True
     return False

@@ -1,11 +1,11 @@
-"""Rules POL001-POL006: each command has a policy for the app role, in the canonical form."""
+"""Rules POL001-POL007: each command has a policy for the app role, in the canonical form."""
 
 from collections.abc import Iterator
 
 from todo_rls.check.context import Context
 from todo_rls.check.findings import Hit
 from todo_rls.check.policies import Policy, policies
-from todo_rls.check.predicate import CANONICAL_SQL, Shape, has_bare_setting, shape
+from todo_rls.check.predicate import CANONICAL_SQL, Shape, has_bare_call, shape
 
 COMMANDS = {"r": "select", "a": "insert", "w": "update", "d": "delete"}
 
@@ -80,7 +80,7 @@ def fail_open_predicate(ctx: Context) -> Iterator[Hit]:
         if shape(expression) is Shape.OTHER:
             problem = (
                 f"{expression} is not the canonical owner check; it may be always true, true "
-                "when app.user_id is unset or '', or compare only part of the id"
+                "without a verified user, or compare only part of the id"
             )
             yield _make_canonical(ctx, policy, clause, problem)
         elif not text_equality:
@@ -112,22 +112,37 @@ def update_without_check(ctx: Context) -> Iterator[Hit]:
             )
 
 
-def setting_per_row(ctx: Context) -> Iterator[Hit]:
-    """Predicates calling current_setting outside a sub-select: evaluated once per row."""
+def call_per_row(ctx: Context) -> Iterator[Hit]:
+    """Predicates calling current_setting or the verifier outside a sub-select: once per row."""
     for policy, clause, expression, _ in _predicates(ctx, permissive_only=False):
-        if has_bare_setting(expression):
+        if has_bare_call(expression) and shape(expression) is not Shape.FORGEABLE:
             yield _make_canonical(
                 ctx,
                 policy,
                 clause,
-                "calls current_setting outside a sub-select, "
-                "so it runs once per row instead of once per statement",
+                "calls current_setting or todo_rls.current_user_id() outside a sub-select, "
+                "so it may run once per row instead of once per statement",
+            )
+
+
+def forgeable_predicate(ctx: Context) -> Iterator[Hit]:
+    """Predicates keyed on the app.user_id setting itself: any SQL the app runs can set it."""
+    for policy, clause, expression, _ in _predicates(ctx, permissive_only=False):
+        if shape(expression) is Shape.FORGEABLE:
+            yield _make_canonical(
+                ctx,
+                policy,
+                clause,
+                f"{expression} trusts app.user_id as it is set, so one SQL injection in the "
+                "app can act as any user; compare with the verified identity (in a migration of "
+                "yours: todo_rls.owner_rls.refresh_owner_policies)",
             )
 
 
 # Functions a policy calls, directly or as an operator's implementation, from outside
 # pg_catalog and not LEAKPROOF. The planner may run them on every row before the owner check
 # (restrictive or not), so a NOTICE, an error message or a side table can leak others' rows.
+# A function without arguments (the verifier, todo_rls.current_user_id()) is given no row.
 _POLICY_FUNCTIONS = """
     select distinct d.objid::int,
            pg_catalog.format('%%I.%%I(%%s)', n.nspname, f.proname,
@@ -141,7 +156,7 @@ _POLICY_FUNCTIONS = """
     join pg_catalog.pg_namespace n on n.oid = f.pronamespace
     where d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass
       and d.objid = any(%(policies)s::oid[])
-      and n.nspname <> 'pg_catalog' and not f.proleakproof
+      and n.nspname <> 'pg_catalog' and not f.proleakproof and f.pronargs > 0
     order by 1, 2
 """
 

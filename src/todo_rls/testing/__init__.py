@@ -6,13 +6,15 @@ it adds starts with ``rls_`` (fixtures) or ``--rls-`` (options), so it sits besi
 database fixtures. The server: ``--rls-server-url`` or $TODO_RLS_TEST_SERVER_URL (a superuser
 URL, or ``embedded``), else pytest-postgresql's ``--postgresql-host/-port/-user/-password``.
 Each run makes its own login role (random password, valid for a day, dropped at the end); on a
-server that is not this machine only with ``--rls-allow-remote-server``.
+server that is not this machine only with ``--rls-allow-remote-server``. With ``--rls-citus``
+the server is a Citus coordinator: each test database is made on every node, distributed by
+the migrations, and dropped on every node (todo_rls.testing.citus).
 """
 
 import os
 import secrets
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -26,7 +28,9 @@ from sqlmodel import Session
 
 from todo_rls.engine import EngineSettings, create_engine
 from todo_rls.errors import TodoRlsError
+from todo_rls.identity import SigningKey
 from todo_rls.session import scoped_session
+from todo_rls.testing.citus import CitusCluster
 from todo_rls.testing.database import (
     SERVER_URL_ENV,
     LoginRole,
@@ -35,6 +39,7 @@ from todo_rls.testing.database import (
     is_local_host,
     migrate_database,
     server_from_setting,
+    users_table_ddl,
 )
 from todo_rls.testing.isolation import RowSpec, assert_owner_isolated, find_leaks
 
@@ -55,7 +60,8 @@ LOGIN_VALID_FOR = timedelta(days=1)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    """--rls-server-url, --rls-alembic-ini and --rls-allow-remote-server (also ini options)."""
+    """--rls-server-url, --rls-alembic-ini, --rls-users-ddl and --rls-allow-remote-server (also
+    ini options)."""
     group = parser.getgroup("todo-rls", "todo-rls test database")
     group.addoption(
         "--rls-server-url",
@@ -72,6 +78,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "rls_alembic_ini", type="paths", default=[], help="as --rls-alembic-ini, one a line"
     )
     group.addoption(
+        "--rls-users-ddl",
+        help="SQL file that creates your users table when $TODO_RLS_USERS_TABLE names one other"
+        " than Better Auth's public.\"user\" (a stand-in of Neon Auth's, for instance)",
+    )
+    parser.addini("rls_users_ddl", type="paths", default=[], help="as --rls-users-ddl")
+    group.addoption(
         "--rls-allow-remote-server",
         action="store_true",
         help="let the run create its login role on a server that is not on this machine"
@@ -80,6 +92,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini(
         "rls_allow_remote_server", type="bool", default=False, help="as --rls-allow-remote-server"
     )
+    group.addoption(
+        "--rls-citus",
+        action="store_true",
+        help="the server is a Citus coordinator (its postgres database has the extension and the"
+        " workers registered): make each test database on every node, migrated afresh",
+    )
+    parser.addini("rls_citus", type="bool", default=False, help="as --rls-citus")
 
 
 def _find_server(request: pytest.FixtureRequest) -> Server:
@@ -136,6 +155,16 @@ def _downstream_migrations(config: pytest.Config) -> list[Path]:
     return paths
 
 
+def _users_ddl(config: pytest.Config) -> str | None:
+    given = config.getoption("rls_users_ddl")
+    paths = [Path(given)] if given else [Path(p) for p in config.getini("rls_users_ddl")]
+    if not paths:
+        return None
+    if len(paths) > 1 or not paths[0].is_file():
+        raise pytest.UsageError(f"--rls-users-ddl / rls_users_ddl: {paths} is not one file")
+    return paths[0].read_text()
+
+
 def _pytest_postgresql() -> Any:
     """pytest-postgresql, imported on first use: a registered plugin loads in every pytest run
     of an environment that has todo-rls, and must not break runs that lack the extra."""
@@ -161,37 +190,104 @@ def _janitor(server: Server, dbname: str, **kwargs: Any) -> Any:
 
 
 @pytest.fixture(scope="session")
-def rls_login_role(rls_server: Server) -> Iterator[LoginRole]:
+def rls_login_role(
+    rls_server: Server, rls_citus_cluster: CitusCluster | None
+) -> Iterator[LoginRole]:
     """This run's login role (a member of todo_app, made with rls_template): a unique name, a
-    random password valid for a day, dropped when the run ends."""
+    random password valid for a day, dropped when the run ends (on Citus, on every node: a
+    DROP ROLE reaches the workers only from a database where Citus made the role)."""
     role = LoginRole.for_this_run()
     yield role
-    with rls_server.connect("postgres", autocommit=True) as conn:
-        conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role.name)))
+    nodes = rls_citus_cluster.nodes if rls_citus_cluster is not None else (rls_server,)
+    for node in nodes:
+        with node.connect("postgres", autocommit=True) as conn:
+            conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role.name)))
+
+
+@pytest.fixture(scope="session")
+def rls_signing_key() -> SigningKey:
+    """This run's signing key: random, installed in rls_template, and what rls_session_as and
+    rls_assert_owner_isolated sign their contexts with."""
+    return SigningKey(os.urandom(32))
+
+
+@pytest.fixture(scope="session")
+def rls_citus_cluster(rls_server: Server, pytestconfig: pytest.Config) -> CitusCluster | None:
+    """The Citus cluster rls_server coordinates, with --rls-citus (ini rls_citus); else None."""
+    if not (pytestconfig.getoption("rls_citus") or pytestconfig.getini("rls_citus")):
+        return None
+    try:
+        return CitusCluster.of(rls_server)
+    except TodoRlsError as error:
+        pytest.exit(f"todo_rls.testing: --rls-citus: {error}", returncode=3)
+
+
+Migrate = Callable[[str], None]
+
+
+@pytest.fixture(scope="session")
+def rls_migrate(
+    rls_server: Server,
+    rls_login_role: LoginRole,
+    rls_signing_key: SigningKey,
+    pytestconfig: pytest.Config,
+) -> Migrate:
+    """Migrates a database: the users table (Better Auth's "user", or your --rls-users-ddl
+    stand-in), todo-rls, your app, the run's signing key and login role."""
+    downstream = _downstream_migrations(pytestconfig)
+    try:
+        users_ddl = users_table_ddl(_users_ddl(pytestconfig))
+    except TodoRlsError as error:
+        pytest.exit(f"todo_rls.testing: {error}", returncode=pytest.ExitCode.USAGE_ERROR)
+    return partial(
+        migrate_database,
+        rls_server,
+        downstream=downstream,
+        login_role=rls_login_role.name,
+        password=rls_login_role.password,
+        signing_key=rls_signing_key,
+        valid_for=LOGIN_VALID_FOR,
+        users_ddl=users_ddl,
+    )
+
+
+@contextmanager
+def _citus_database(cluster: CitusCluster, migrate: Migrate) -> Iterator[str]:
+    with cluster.database() as name:
+        migrate(name)
+        yield name
 
 
 @pytest.fixture(scope="session")
 def rls_template(
-    rls_server: Server, rls_login_role: LoginRole, pytestconfig: pytest.Config
+    rls_server: Server, rls_citus_cluster: CitusCluster | None, rls_migrate: Migrate
 ) -> Iterator[str]:
-    """A template database, migrated once per run: Better Auth's "user", todo-rls, your app."""
+    """A template database, migrated once per run. On Citus, a migrated database that checks
+    the migrations once; each rls_database is migrated afresh (templates do not reach the
+    workers)."""
+    if rls_citus_cluster is not None:
+        with _citus_database(rls_citus_cluster, rls_migrate) as name:
+            yield name
+        return
     name = f"todo_rls_plugin_{os.getpid()}_{secrets.token_hex(3)}"
-    downstream = _downstream_migrations(pytestconfig)
     with _janitor(rls_server, name, as_template=True):
-        migrate_database(
-            rls_server,
-            name,
-            downstream,
-            login_role=rls_login_role.name,
-            password=rls_login_role.password,
-            valid_for=LOGIN_VALID_FOR,
-        )
+        rls_migrate(name)
         yield name
 
 
 @pytest.fixture
-def rls_database(rls_server: Server, rls_template: str) -> Iterator[str]:
-    """Name of this test's own copy of the migrated database, dropped after the test."""
+def rls_database(
+    rls_server: Server,
+    rls_template: str,
+    rls_citus_cluster: CitusCluster | None,
+    rls_migrate: Migrate,
+) -> Iterator[str]:
+    """Name of this test's own copy of the migrated database, dropped after the test (on
+    Citus: made and migrated on every node, dropped on every node)."""
+    if rls_citus_cluster is not None:
+        with _citus_database(rls_citus_cluster, rls_migrate) as name:
+            yield name
+        return
     name = f"{rls_template}_{secrets.token_hex(3)}"
     with _janitor(rls_server, name, template_dbname=rls_template):
         yield name
@@ -227,18 +323,18 @@ def rls_create_user(rls_admin: psycopg.Connection[Any]) -> Callable[[], str]:
 
 
 @pytest.fixture
-def rls_session_as(rls_app_engine: Engine) -> SessionAs:
-    """``with rls_session_as(user_id) as session:``: todo_rls.scoped_session as the app role
-    (keyword arguments such as set_role go to scoped_session)."""
-    return partial(scoped_session, rls_app_engine)
+def rls_session_as(rls_app_engine: Engine, rls_signing_key: SigningKey) -> SessionAs:
+    """``with rls_session_as(user_id) as session:``: todo_rls.scoped_session as the app role,
+    signed with rls_signing_key (keyword arguments such as set_role go to scoped_session)."""
+    return partial(scoped_session, rls_app_engine, signing_key=rls_signing_key)
 
 
 @pytest.fixture
 def rls_assert_owner_isolated(
-    rls_admin: psycopg.Connection[Any], rls_app_url: str
+    rls_admin: psycopg.Connection[Any], rls_app_url: str, rls_signing_key: SigningKey
 ) -> AssertOwnerIsolated:
     """``rls_assert_owner_isolated(table, row, owner_column="user_id", parents=None)``.
 
-    Runs todo_rls.testing.assert_owner_isolated on rls_database.
+    Runs todo_rls.testing.assert_owner_isolated on rls_database, signing with rls_signing_key.
     """
-    return partial(assert_owner_isolated, rls_admin, rls_app_url)
+    return partial(assert_owner_isolated, rls_admin, rls_app_url, signing_key=rls_signing_key)

@@ -21,13 +21,16 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy import URL, create_engine, pool
 
-from todo_rls import migrate
-from todo_rls.demo import BETTER_AUTH_USER_DDL
+from todo_rls import keys, migrate
+from todo_rls.better_auth import BETTER_AUTH_USER_DDL
 from todo_rls.embedded import start_embedded_server
 from todo_rls.errors import TodoRlsError, UnsafeRoleError
+from todo_rls.identity import SigningKey
 from todo_rls.login_roles import is_local_host as is_local_host  # re-exported for the plugin
 from todo_rls.login_roles import password_clause
 from todo_rls.session import APP_ROLE
+from todo_rls.users_table import USERS_TABLE_ENV
+from todo_rls.users_table import from_environment as users_table_from_environment
 
 # The prefix of the login role each plugin run makes for its app connections. A role is
 # cluster-wide and can read every row of the run's databases once it sets app.user_id, so no
@@ -243,13 +246,48 @@ def new_user_id() -> str:
 
 
 def create_user(conn: psycopg.Connection[Any], user_id: str | None = None) -> str:
-    """Insert a Better Auth user (connected as the superuser) and return its id."""
+    """Insert a user (connected as the superuser) and return its id.
+
+    A Better Auth user by default; with $TODO_RLS_USERS_TABLE set (Neon Auth), a row of that
+    table with only its id given, so the stand-in's other columns need defaults or NULLs.
+
+    Raises:
+        psycopg.Error: the insert failed (a duplicate id, or a stand-in column without default).
+    """
     user_id = user_id or new_user_id()
-    conn.execute(
-        'insert into "user" (id, name, email, "emailVerified") values (%s, %s, %s, true)',
-        (user_id, f"user {user_id[:6]}", f"{user_id}@example.test"),
-    )
+    users = users_table_from_environment()
+    if users.is_default:
+        conn.execute(
+            'insert into "user" (id, name, email, "emailVerified") values (%s, %s, %s, true)',
+            (user_id, f"user {user_id[:6]}", f"{user_id}@example.test"),
+        )
+    else:
+        conn.execute(
+            sql.SQL("insert into {} (id) values (%s)").format(
+                sql.Identifier(users.schema, users.name)
+            ),
+            (user_id,),
+        )
     return user_id
+
+
+def users_table_ddl(stand_in: str | None) -> str:
+    """The DDL that makes the users table in a test database: the stand-in given (a file's
+    text), else Better Auth's "user" when $TODO_RLS_USERS_TABLE is unset.
+
+    Raises:
+        TodoRlsError: $TODO_RLS_USERS_TABLE names another table and no stand-in was given.
+    """
+    if stand_in is not None:
+        return stand_in
+    users = users_table_from_environment()
+    if not users.is_default:
+        raise TodoRlsError(
+            f"{USERS_TABLE_ENV}={users.sql}: the test database needs that table before the"
+            " migrations run; give the SQL that creates a stand-in of it with --rls-users-ddl"
+            " FILE (ini: rls_users_ddl), e.g. Neon Auth's schema and table with their columns"
+        )
+    return BETTER_AUTH_USER_DDL
 
 
 def _upgrade_downstream(url: URL, alembic_ini: Path) -> None:
@@ -276,15 +314,20 @@ def migrate_database(
     *,
     login_role: str,
     password: str,
+    signing_key: SigningKey,
     valid_for: timedelta | None = None,
+    users_ddl: str | None = None,
 ) -> None:
-    """Better Auth's "user" table, todo-rls's migrations, then each downstream alembic.ini; and
-    login_role, a member of todo_app, to connect as (see ensure_login_role)."""
+    """The users table (users_table_ddl), todo-rls's migrations, then each downstream
+    alembic.ini; signing_key installed, and login_role, a member of todo_app, to connect as (see
+    ensure_login_role)."""
+    ddl = users_table_ddl(users_ddl)
     with server.connect(dbname, autocommit=True) as conn:
-        conn.execute(BETTER_AUTH_USER_DDL)
+        conn.execute(ddl.encode())
     url = server.url(dbname)
     migrate.upgrade(url.render_as_string(hide_password=False))
     for alembic_ini in downstream:
         _upgrade_downstream(url, alembic_ini)
     with server.connect(dbname, autocommit=True) as conn:
+        keys.add(conn, signing_key)
         ensure_login_role(conn, login_role, password, valid_for=valid_for)
