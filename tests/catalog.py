@@ -4,14 +4,21 @@ from typing import Any
 
 import psycopg
 
+from todo_rls.models import metadata
+
+# The tables our migrations create, from the models (tests/test_sql_matches_migrations.py keeps
+# models and migrations equal): adding a table to both adds it here, not to a list in each test.
+OUR_TABLES = tuple(sorted(table.name for table in metadata.sorted_tables if table.name != "user"))
+
 Snapshot = dict[str, list[tuple[Any, ...]]]
 
-# Our relations: everything in schema public except Better Auth's table and Alembic's own.
+# Our relations: everything in schema public except Better Auth's table and Alembic's own
+# (ours, todo_rls_alembic_version, and alembic_version, which an app's own chain may have).
 # Indexes are listed on their own, with their definition.
 _OUR_RELATIONS = """
   c.relnamespace = 'public'::regnamespace
   and c.relkind in ('r', 'p', 'v', 'm', 'f', 'S')
-  and c.relname not in ('user', 'alembic_version')
+  and c.relname not in ('user', 'alembic_version', 'todo_rls_alembic_version')
 """
 
 # An ACL entry's grantee as a name that does not depend on who owns the object: the owner's
@@ -50,7 +57,8 @@ _QUERIES: dict[str, str] = {
     "indexes": """
         select tablename::text, indexname::text, indexdef
         from pg_catalog.pg_indexes
-        where schemaname = 'public' and tablename not in ('user', 'alembic_version')
+        where schemaname = 'public'
+          and tablename not in ('user', 'alembic_version', 'todo_rls_alembic_version')
     """,
     "policies": """
         select tablename::text, policyname::text, permissive, roles::text[], cmd, qual,

@@ -1,3 +1,19 @@
 """Fixtures live in topic modules: the server, the migrated database, the users and engines."""
 
-pytest_plugins = ["fix_server", "fix_db", "fix_pgbouncer"]
+import os
+
+from hypothesis import settings
+
+pytest_plugins = ["fix_server", "fix_db", "fix_pgbouncer", "fix_citus"]
+
+# Hypothesis: CI walks more and the same walks every run (a red build is reproducible, never a
+# lucky draw), with nothing saved from or replayed out of an earlier run; a developer's run is
+# smaller. HYPOTHESIS_PROFILE picks one by name.
+settings.register_profile(
+    "ci", max_examples=20, stateful_step_count=30, derandomize=True, database=None
+)
+settings.register_profile("dev", max_examples=8, stateful_step_count=20)
+settings.load_profile(
+    os.environ.get("HYPOTHESIS_PROFILE")
+    or ("ci" if os.environ.get("CI", "").lower() in ("true", "1", "yes") else "dev")
+)

@@ -1,5 +1,6 @@
 """A migrated template database, cloned per test; users, login roles and engines on it."""
 
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -14,18 +15,44 @@ from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import todo_rls
+from todo_rls.identity import KEY_ENV, SigningKey
 from todo_rls.testing import database
 from todo_rls.testing.database import create_user as create_user  # re-exported ("as"): the
 from todo_rls.testing.database import new_user_id as new_user_id  # tests import them from here
 
-from fix_server import PgServer
+from fix_server import SERVER_KEY, PgServer
+from fix_shared import SharedDatabase
 
-# Cluster-wide login roles the tests connect as; created idempotently, never dropped. Their
-# password is a fixed local convention, so each run lets them log in for one more day only.
-APP_LOGIN = "todo_rls_test_app"  # member of todo_app: what a deployment logs in as
-BYPASS_LOGIN = "todo_rls_test_bypass"  # BYPASSRLS member of todo_app: must be refused
-LOGIN_PASSWORD = "todo_rls_test"
+# Roles are cluster-wide and these can read every row once they set a user id, so each run has
+# its own, with a random password valid for a day, dropped when the run ends; the session-finish
+# hook below fails the run if any role this run made is still there. Every role name the run
+# (and the product code it calls: bench, demo, plugin) makes ends in _<pid>_<hex>.
+RUN_ID = f"{os.getpid()}_{secrets.token_hex(3)}"
+APP_LOGIN = f"todo_rls_test_app_{RUN_ID}"  # member of todo_app: what a deployment logs in as
+BYPASS_LOGIN = f"todo_rls_test_bypass_{RUN_ID}"  # BYPASSRLS member of todo_app: must be refused
+LOGIN_PASSWORD = secrets.token_urlsafe(32)
 LOGIN_VALID_FOR = timedelta(days=1)
+# This run's signing key: installed in the template, and in the environment, where
+# todo_rls.scoped_session (and anything else that signs without a key given) finds it.
+SIGNING_KEY = SigningKey(os.urandom(32))
+os.environ[KEY_ENV] = SIGNING_KEY.secret.hex()
+_SCOPE_SQL = (
+    "select pg_catalog.set_config('app.user_id', %s, true),"
+    " pg_catalog.set_config('app.user_sig', %s, true)"
+)
+
+
+def scope_to(conn: psycopg.Connection[Any], user_id: str) -> None:
+    """Scope conn's transaction to user_id as todo_rls.scoped_session does: with a signature."""
+    conn.execute(_SCOPE_SQL, (user_id, SIGNING_KEY.sign(user_id, 60)))
+
+
+_THIS_RUNS_ROLES = f"^todo_rls_[a-z_]+_{os.getpid()}_[0-9a-f]+"
+
+
+def run_role_name(kind: str) -> str:
+    """A unique name for a scratch role of this run: todo_rls_test_<kind>_<pid>_<hex>_<hex>."""
+    return f"todo_rls_test_{kind}_{RUN_ID}_{secrets.token_hex(3)}"
 
 
 def ensure_login_role(conn: psycopg.Connection[Any], name: str, *, bypass_rls: bool = False) -> str:
@@ -41,7 +68,12 @@ def load_migrated_template(
     """pytest-postgresql loader: the plugin's migrated database, with the suite's login roles."""
     server = PgServer(host, int(port), user, password)
     database.migrate_database(
-        server, dbname, login_role=APP_LOGIN, password=LOGIN_PASSWORD, valid_for=LOGIN_VALID_FOR
+        server,
+        dbname,
+        login_role=APP_LOGIN,
+        password=LOGIN_PASSWORD,
+        signing_key=SIGNING_KEY,
+        valid_for=LOGIN_VALID_FOR,
     )
     with server.connect(dbname, autocommit=True) as conn:
         ensure_login_role(conn, BYPASS_LOGIN, bypass_rls=True)
@@ -54,10 +86,37 @@ migrated_server = factories.postgresql_noproc(dbname=TEST_DBNAME, load=[load_mig
 migrated_database = factories.postgresql("migrated_server")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "own_database: the test changes schema, grants, roles' rights or installed keys, so it"
+        " gets its own copy of the migrated template instead of the shared database",
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_database(pg_server: PgServer, migrated_server: Any) -> Iterator[SharedDatabase]:
+    """One migrated database per run (per xdist worker) for the tests that change no schema or
+    role: they isolate by fresh random user ids, as an application's own tests would."""
+    shared = SharedDatabase(pg_server, migrated_server.template_dbname)
+    try:
+        yield shared
+    finally:
+        shared.drop()
+
+
 @pytest.fixture
-def dbname(migrated_database: psycopg.Connection[Any]) -> str:
-    """Name of this test's own copy of the migrated database."""
-    return migrated_database.info.dbname
+def dbname(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Name of the database this test runs in: the shared one, or with the ``own_database``
+    marker its own copy of the migrated template. A test on the shared database that leaves
+    its catalog changed fails (and the next test gets a fresh copy)."""
+    if request.node.get_closest_marker("own_database") is not None:
+        own: psycopg.Connection[Any] = request.getfixturevalue("migrated_database")
+        yield own.info.dbname
+        return
+    shared: SharedDatabase = request.getfixturevalue("shared_database")
+    yield shared.name
+    shared.check_unchanged(request.node.nodeid)
 
 
 @pytest.fixture
@@ -149,7 +208,7 @@ def create_role(admin: psycopg.Connection[Any]) -> Iterator[CreateRole]:
     created: list[str] = []
 
     def create(kind: str, *attributes: str) -> str:
-        name = f"todo_rls_test_{kind}_{secrets.token_hex(6)}"
+        name = run_role_name(kind)
         admin.execute(
             sql.SQL("create role {} {} password {}").format(
                 sql.Identifier(name),
@@ -184,3 +243,55 @@ def table_owner(admin: psycopg.Connection[Any], create_role: CreateRole) -> Iter
     finally:
         for table in OWNED_TABLES:
             admin.execute(alter.format(sql.Identifier(table), sql.Identifier(original[table])))
+
+
+# --- no role of this run outlives it -------------------------------------------------------
+
+_ROLES_BEFORE = pytest.StashKey[set[str]]()
+
+
+def _this_runs_roles(server: PgServer) -> set[str]:
+    with server.connect("postgres", autocommit=True, connect_timeout=5) as conn:
+        rows = conn.execute(
+            "select rolname::text from pg_catalog.pg_roles where rolname ~ %s",
+            (_THIS_RUNS_ROLES,),
+        ).fetchall()
+    return {name for (name,) in rows}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Note the roles named like this run's before it starts (a killed run with our pid)."""
+    server = session.config.stash.get(SERVER_KEY, None)
+    if server is not None:
+        session.config.stash[_ROLES_BEFORE] = _this_runs_roles(server)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop the run's login roles, then fail the run, loudly, if any role it made is left."""
+    before = session.config.stash.get(_ROLES_BEFORE, None)
+    server = session.config.stash.get(SERVER_KEY, None)
+    if before is None or server is None:
+        return
+    problems = []
+    with server.connect("postgres", autocommit=True, connect_timeout=5) as conn:
+        for name in (APP_LOGIN, BYPASS_LOGIN):
+            try:
+                conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
+            except psycopg.Error as error:
+                problems.append(f"drop role {name}: {error.diag.message_primary}")
+    left = sorted(_this_runs_roles(server) - before)
+    if left:
+        problems.append(f"roles this run created and did not drop: {', '.join(left)}")
+        # Reported and failed above; dropped here so the server is clean for the next run.
+        with server.connect("postgres", autocommit=True, connect_timeout=5) as conn:
+            for name in left:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
+    if problems:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        for problem in problems:
+            message = f"LEFTOVER ROLES: {problem} (tests must leave the server as they found it)"
+            if reporter is not None:
+                reporter.write_line(message, red=True, bold=True)
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED

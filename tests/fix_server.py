@@ -8,6 +8,9 @@ The server itself is todo_rls.testing's Server: the suite and the public plugin 
 """
 
 import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,22 @@ SERVER_KEY = pytest.StashKey[Server]()
 def pg_server(pytestconfig: pytest.Config) -> Server:
     """The server the suite runs against."""
     return pytestconfig.stash[SERVER_KEY]
+
+
+@pytest.fixture(scope="session")
+def embedded_dir() -> Iterator[Callable[[], Path]]:
+    """Call it for a new folder to run an embedded server in, removed when the run ends.
+
+    Not under tmp_path: as root the embedded server runs as another OS user, which must
+    traverse every folder of the path, and pytest keeps /tmp/pytest-of-<user> at 0700 (with
+    xdist, each worker resets it when it starts, undoing the server's chmod at random).
+    """
+    made: list[Path] = []
+
+    def make() -> Path:
+        made.append(Path(tempfile.mkdtemp(prefix="todo-rls-embedded-")))
+        return made[-1]
+
+    yield make
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)

@@ -1,26 +1,30 @@
 """The todo-rls command line: migrate/downgrade exit codes and messages, and the demo's claims."""
 
+import importlib.metadata
+import re
+import secrets
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from alembic.script import ScriptDirectory
+from psycopg import sql
 
 from todo_rls import demo, migrate
+from todo_rls.better_auth import BETTER_AUTH_USER_DDL
 from todo_rls.cli import main
-from todo_rls.demo import BETTER_AUTH_USER_DDL
 
-from fix_db import create_user
+from catalog import OUR_TABLES, snapshot
+from fix_db import APP_LOGIN, create_user, run_role_name, url_as
 from fix_server import PgServer
 
 DEMO_CLAIMS = (
-    "connected as todo_rls_demo_app (superuser: no, bypassrls: no),"
-    " row_security_active('task'): yes",
+    "(superuser: no, bypassrls: no), row_security_active('task'): yes",
     "alice sees only her 2 tasks (sees 2, 0 of them someone else's)",
     "bob sees only his 1 task (sees 1, 0 of them someone else's)",
     "an unscoped session (plain Session, no user) sees 0 of the 3 demo tasks",
@@ -29,6 +33,8 @@ DEMO_CLAIMS = (
     "alice cannot add a message to bob's conversation: refused (ForeignKeyViolation)",
     "alice cannot add one posing as bob either: refused (InsufficientPrivilege)",
     "bob still sees only his 1 message (sees 1)",
+    "SQL in alice's session that sets app.user_id to bob's id: refused (ContextRejectedError:"
+    " the signature does not match)",
 )
 
 
@@ -86,9 +92,46 @@ def test_migrate_applies_schema_with_forced_rls(
         "select relname::text from pg_catalog.pg_class where relnamespace = 'public'::regnamespace"
         " and relrowsecurity and relforcerowsecurity order by 1"
     ).fetchall()
-    assert [name for (name,) in forced] == ["conversation", "message", "task", "user_preference"]
+    assert [name for (name,) in forced] == list(OUR_TABLES)
     head = ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
-    assert fresh_admin.execute("select version_num from alembic_version").fetchall() == [(head,)]
+    assert fresh_admin.execute("select version_num from todo_rls_alembic_version").fetchall() == [
+        (head,)
+    ]
+
+
+def test_version_is_the_installed_distributions(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"todo-rls {importlib.metadata.version('todo-rls')}\n"
+
+
+def test_migrate_and_downgrade_say_where_the_database_ended(
+    fresh_url: str, fresh_admin: psycopg.Connection[Any], capsys: Any
+) -> None:
+    fresh_admin.execute(BETTER_AUTH_USER_DDL)
+    head = ScriptDirectory.from_config(migrate.alembic_config()).get_current_head()
+    assert main(["migrate", "--url", fresh_url]) == 0
+    out = capsys.readouterr().out
+    assert "(URL from --url); it is now at " in out and f"now at {head} (" in out
+    first = ScriptDirectory.from_config(migrate.alembic_config()).get_base()
+    assert main(["downgrade", "--url", fresh_url, "--revision", str(first)]) == 0
+    assert f"it is now at {first} (Core schema" in capsys.readouterr().out
+    assert main(["downgrade", "--url", fresh_url, "--revision", "base"]) == 0
+    assert "it is now at base (no todo-rls revision applied" in capsys.readouterr().out
+
+
+def test_downgrade_without_a_target_is_refused_and_changes_nothing(
+    fresh_url: str, fresh_admin: psycopg.Connection[Any], capsys: Any
+) -> None:
+    fresh_admin.execute(BETTER_AUTH_USER_DDL)
+    assert main(["migrate", "--url", fresh_url]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["downgrade", "--url", fresh_url])
+    assert exit_info.value.code == 2
+    assert "the following arguments are required: --revision" in capsys.readouterr().err
+    assert _relation_exists(fresh_admin, "public.task")  # nothing was dropped
 
 
 def test_downgrade_removes_schema_and_keeps_users(
@@ -99,10 +142,10 @@ def test_downgrade_removes_schema_and_keeps_users(
     user_id = create_user(fresh_admin)
     assert _relation_exists(fresh_admin, "public.task")  # positive control
 
-    assert main(["downgrade", "--url", fresh_url]) == 0
+    assert main(["downgrade", "--url", fresh_url, "--revision", "base"]) == 0
 
     assert "downgraded" in capsys.readouterr().out
-    for table in ("task", "conversation", "message", "user_preference"):
+    for table in OUR_TABLES:
         assert not _relation_exists(fresh_admin, f"public.{table}")
     rows = fresh_admin.execute('select id from "user"').fetchall()
     assert rows == [(user_id,)]
@@ -118,18 +161,19 @@ def test_migrate_without_user_table_exits_2_with_hint_and_writes_nothing(
     assert "Run Better Auth's migration first" in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not _relation_exists(fresh_admin, "public.task")
-    assert not _relation_exists(fresh_admin, "public.alembic_version")
+    assert not _relation_exists(fresh_admin, "public.todo_rls_alembic_version")
 
 
-def test_migrate_without_url_exits_2_naming_database_url(
+def test_migrate_without_url_exits_2_naming_where_it_looks(
     monkeypatch: pytest.MonkeyPatch, capsys: Any
 ) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.delenv("DATABASE_URL_DIRECT", raising=False)
 
     assert main(["migrate"]) == 2
 
     err = capsys.readouterr().err
-    assert "DATABASE_URL" in err and "--url" in err
+    assert "DATABASE_URL_DIRECT" in err and "DATABASE_URL" in err and "--url" in err
     assert "Traceback" not in err
 
 
@@ -137,11 +181,120 @@ def test_migrate_takes_url_from_database_url(
     fresh_url: str, fresh_admin: psycopg.Connection[Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fresh_admin.execute(BETTER_AUTH_USER_DDL)
+    monkeypatch.delenv("DATABASE_URL_DIRECT", raising=False)
     monkeypatch.setenv("DATABASE_URL", fresh_url)
 
     assert main(["migrate"]) == 0
 
     assert _relation_exists(fresh_admin, "public.task")
+
+
+@pytest.fixture
+def fresh_app_url(pg_server: PgServer, fresh_db: str, migrated_server: Any) -> str:
+    """fresh_db as the run's app login role (a member of todo_app, owner of nothing)."""
+    return url_as(pg_server, fresh_db, APP_LOGIN)
+
+
+def test_migrate_prefers_the_direct_url_over_the_apps_database_url(
+    fresh_url: str,
+    fresh_app_url: str,
+    fresh_admin: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+) -> None:
+    # Neon's layout: DATABASE_URL is the app's pooled URL, DATABASE_URL_DIRECT the owner's.
+    fresh_admin.execute(BETTER_AUTH_USER_DDL)
+    monkeypatch.setenv("DATABASE_URL", fresh_app_url)
+    monkeypatch.setenv("DATABASE_URL_DIRECT", fresh_url)
+
+    assert main(["migrate"]) == 0
+
+    assert "(URL from $DATABASE_URL_DIRECT)" in capsys.readouterr().out
+    assert _relation_exists(fresh_admin, "public.task")
+
+
+def test_migrate_as_the_app_role_is_refused_before_anything_changes(
+    fresh_app_url: str,
+    fresh_admin: psycopg.Connection[Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: Any,
+) -> None:
+    # Forgetting --url with only the app's DATABASE_URL set: refused, naming what to pass.
+    fresh_admin.execute(BETTER_AUTH_USER_DDL)
+    before = snapshot(fresh_admin)
+    monkeypatch.delenv("DATABASE_URL_DIRECT", raising=False)
+    monkeypatch.setenv("DATABASE_URL", fresh_app_url)
+
+    assert main(["migrate"]) == 2
+
+    err = capsys.readouterr().err
+    assert f"connected as {APP_LOGIN}, which does not own schema public" in err
+    assert "Nothing was changed" in err and "$DATABASE_URL_DIRECT" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert snapshot(fresh_admin) == before
+    assert not _relation_exists(fresh_admin, "public.todo_rls_alembic_version")
+
+
+@pytest.fixture
+def database_owner(pg_server: PgServer) -> Iterator[tuple[str, str, str]]:
+    """A scratch database owned by a login role of its own (CREATEROLE, not a superuser), like
+    Neon's neondb_owner, with Better Auth's "user" table; (database, role, role's URL)."""
+    role, password = run_role_name("dbowner"), secrets.token_urlsafe(24)
+    with pg_server.connect("postgres", autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("create role {} login createrole password {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
+        )
+    try:
+        with pg_server.scratch_database() as name:
+            with pg_server.connect(name, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("alter database {} owner to {}").format(
+                        sql.Identifier(name), sql.Identifier(role)
+                    )
+                )
+                conn.execute(BETTER_AUTH_USER_DDL)
+                conn.execute(
+                    sql.SQL('grant references on "user" to {}').format(sql.Identifier(role))
+                )
+            url = pg_server.url(name, user=role, password=password)
+            yield name, role, url.render_as_string(hide_password=False)
+    finally:
+        with pg_server.connect("postgres", autocommit=True) as conn:
+            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+
+
+def test_the_database_owner_migrates_without_being_a_superuser(
+    pg_server: PgServer, database_owner: tuple[str, str, str], capsys: Any
+) -> None:
+    name, role, url = database_owner
+    assert main(["migrate", "--url", url]) == 0
+    with pg_server.connect(name, autocommit=True) as conn:
+        owner = conn.execute(
+            "select relowner::regrole::text from pg_class where oid = 'task'::regclass"
+        )
+        assert owner.fetchone() == (role,)
+    # Its own objects now: it may take them down again too.
+    assert main(["downgrade", "--url", url, "--revision", "base"]) == 0
+    assert "now at base" in capsys.readouterr().out
+
+
+def test_an_owner_of_the_schema_but_not_of_our_tables_is_refused(
+    pg_server: PgServer, database_owner: tuple[str, str, str], capsys: Any
+) -> None:
+    name, role, url = database_owner
+    superuser_url = pg_server.url(name).render_as_string(hide_password=False)
+    assert main(["migrate", "--url", superuser_url]) == 0  # the tables are the superuser's
+    capsys.readouterr()
+    with pg_server.connect(name, autocommit=True) as conn:
+        before = snapshot(conn)
+        assert main(["downgrade", "--url", url, "--revision", "base"]) == 2
+        err = capsys.readouterr().err
+        assert f"connected as {role}, which does not own" in err
+        assert f"table task (owner {pg_server.user})" in err
+        assert "schema public" not in err  # it does own the schema, as the database owner
+        assert snapshot(conn) == before
 
 
 def test_migrate_unreachable_server_exits_2_in_one_line(capsys: Any) -> None:
@@ -167,6 +320,12 @@ def test_demo_proves_every_claim_on_fresh_database(
         assert claim in out
     assert f"{len(DEMO_CLAIMS)} of {len(DEMO_CLAIMS)} claims held." in out
     assert _demo_task_count(fresh_admin) == 3  # the rows the claims talk about are real
+    # Checked as the run's own login role, which is gone once the demo ends.
+    role = re.search(r"✓ connected as (todo_rls_demo_app_\d+_[0-9a-f]{8}) \(", out)
+    assert role is not None, out
+    assert f"Claims, each checked as {role[1]} (dropped since):" in out
+    gone = fresh_admin.execute("select count(*) from pg_roles where rolname = %s", (role[1],))
+    assert gone.fetchone() == (0,)
 
 
 def test_demo_runs_twice_on_same_database(
@@ -212,11 +371,13 @@ def test_demo_refuses_application_role_url_and_writes_nothing(
     assert found == (0,)
 
 
+@pytest.mark.slow
 def test_demo_runs_on_embedded_server_without_url(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    embedded_dir: Callable[[], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A real process, as in the README: the embedded server stops when it exits.
     monkeypatch.delenv("DATABASE_URL", raising=False)
+    tmp_path = embedded_dir()
 
     result = subprocess.run(  # noqa: S603 (our own console script, fixed arguments)
         [_console_script(), "demo"], cwd=tmp_path, capture_output=True, text=True, check=False
@@ -255,6 +416,7 @@ def test_every_command_explains_itself_in_help(command: str, explains: str, caps
     assert out.startswith(f"usage: todo-rls {command}") and explains in out
 
 
+@pytest.mark.slow  # a subprocess
 def test_console_script_prints_help() -> None:
     result = subprocess.run(  # noqa: S603 (our own console script, fixed arguments)
         [_console_script(), "--help"], capture_output=True, text=True, check=False

@@ -19,6 +19,10 @@ from fix_db import create_user, url_as
 from fix_pgbouncer import PgBouncer
 from fix_server import PgServer
 
+# The stress runs count every task of the database and weaken a policy on purpose; each takes
+# tens of seconds (test_session.py and test_pgbouncer.py keep pooled state in the fast tier).
+pytestmark = [pytest.mark.own_database, pytest.mark.slow]
+
 THREADS = 16
 TASKS = 64
 TRANSACTIONS = 10_000

@@ -29,9 +29,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from psycopg import sql
 
-from todo_rls import migrate
+from todo_rls import keys, migrate
 
-from fix_db import APP_LOGIN, ensure_login_role, url_as
+from fix_db import APP_LOGIN, SIGNING_KEY, ensure_login_role, url_as
 from fix_server import PgServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,6 +40,7 @@ FASTAPI_DIR = REPO / "examples" / "fastapi"
 START_TIMEOUT_SECONDS = 30
 
 pytestmark = [
+    pytest.mark.slow,  # a Node server and real HTTP round trips
     pytest.mark.skipif(
         shutil.which("node") is None,
         reason="Node.js is not on PATH; install Node 20+ to run the Better Auth end-to-end test",
@@ -165,6 +166,8 @@ def stack(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> Iter
         migrate.upgrade(admin_url)
         with pg_server.connect(dbname, autocommit=True) as conn:
             ensure_login_role(conn, APP_LOGIN)
+            # The API signs with the run's key (inherited as TODO_RLS_SIGNING_KEY): install it.
+            keys.add(conn, SIGNING_KEY)
         api_env = {
             "DATABASE_URL": url_as(pg_server, dbname, APP_LOGIN),
             "BETTER_AUTH_URL": auth_url,

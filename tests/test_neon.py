@@ -11,7 +11,6 @@ test_async_engine_connects_after_transient_failures), no retry of a wrong role o
 
 import os
 import re
-import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,9 +24,10 @@ from sqlalchemy.exc import DBAPIError
 
 import todo_rls
 from todo_rls import DatabaseUnavailableError, UnsafeRoleError, scoped_session
+from todo_rls.identity import KEY_ENV
 from todo_rls.settings import load_settings
 
-from fix_db import CreateRole, create_user, url_as
+from fix_db import LOGIN_PASSWORD, CreateRole, create_user, run_role_name, url_as
 from fix_server import PgServer
 
 NEON_GUIDE = Path(__file__).resolve().parents[1] / "docs" / "neon.md"
@@ -35,11 +35,15 @@ POOLED = "postgresql://app:secret@ep-cool-name-123456-pooler.eu-central-1.aws.ne
 DIRECT = "postgresql://app:secret@ep-cool-name-123456.eu-central-1.aws.neon.tech/neondb"
 
 
+KEPT = ("TODO_RLS_TEST_SERVER_URL", KEY_ENV)
+
+
 @pytest.fixture(autouse=True)
 def neon_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
     """Only the variables a test sets; none from the shell running the suite."""
     for name in list(os.environ):
-        if name.upper().startswith("TODO_RLS_") and name != "TODO_RLS_TEST_SERVER_URL":
+        # The suite's server and the run's signing key (tests/fix_db.py) stay.
+        if name.upper().startswith("TODO_RLS_") and name not in KEPT:
             monkeypatch.delenv(name)
     monkeypatch.delenv("DATABASE_URL", raising=False)
     yield monkeypatch
@@ -196,8 +200,9 @@ def test_the_guides_login_role_is_bound_by_rls(
     owned_rows: tuple[str, str],
 ) -> None:
     alice, _bob = owned_rows
-    role = f"todo_rls_test_api_{secrets.token_hex(6)}"  # roles are cluster-wide: a unique name
-    admin.execute(guide_sql().replace("todo_api", role).replace("'…'", "'todo_rls_test'"))
+    role = run_role_name("api")  # roles are cluster-wide: a unique name
+    password = sql.Literal(LOGIN_PASSWORD).as_string(admin)
+    admin.execute(guide_sql().replace("todo_api", role).replace("'…'", password))
     engine = todo_rls.create_engine(url_as(pg_server, dbname, role))
     try:
         assert visible_owners(engine, alice) == (role, [alice])

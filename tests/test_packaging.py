@@ -20,14 +20,17 @@ import pytest
 from alembic.script import ScriptDirectory
 
 from todo_rls import MigrationPreconditionError, migrate
-from todo_rls.demo import BETTER_AUTH_USER_DDL
+from todo_rls.better_auth import BETTER_AUTH_USER_DDL
 
+from catalog import OUR_TABLES
 from fix_server import PgServer
+
+# Builds a wheel and installs it into a fresh environment.
+pytestmark = pytest.mark.slow
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "src", "migrations")
 PACKAGED = "todo_rls/_migrations"
-OUR_TABLES = ("task", "conversation", "message", "user_preference")
 # Prints where todo_rls and its migrations were imported from, then runs the CLI's migrate.
 MIGRATE_SCRIPT = """
 import sys
@@ -114,6 +117,27 @@ def test_wheel_installs_nothing_but_todo_rls(wheel_files: set[str]) -> None:
     assert metadata.startswith("todo_rls-") and metadata.endswith(".dist-info"), top_level
 
 
+def test_wheel_registers_no_pytest_plugin_and_needs_no_bench_dependency(wheel: Path) -> None:
+    # The plugin is opt-in (-p todo_rls.testing): an app that installs todo-rls must not get
+    # --rls-* options and fixtures in every pytest run. tqdm is the bench's, an extra.
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        (metadata,) = [name for name in names if name.endswith(".dist-info/METADATA")]
+        requires = [
+            line.split(":", 1)[1].strip()
+            for line in archive.read(metadata).decode().splitlines()
+            if line.startswith("Requires-Dist:")
+        ]
+        entry_points = [name for name in names if name.endswith(".dist-info/entry_points.txt")]
+        groups = archive.read(entry_points[0]).decode() if entry_points else ""
+    assert "[console_scripts]" in groups  # positive control: the entry points were read
+    assert "pytest11" not in groups
+    unconditional = [req for req in requires if "extra ==" not in req]
+    assert any(req.startswith("sqlmodel") for req in unconditional)  # positive control
+    assert not [req for req in unconditional if req.startswith(("tqdm", "matplotlib"))]
+    assert any(req.startswith("tqdm") and 'extra == "bench"' in req for req in requires)
+
+
 def test_cli_migrates_from_the_installed_wheel(
     installed: Path, pg_server: PgServer, user_table_database: str, tmp_path: Path
 ) -> None:
@@ -146,7 +170,7 @@ def test_cli_migrates_from_the_installed_wheel(
 
 
 def _versions(conn: psycopg.Connection[Any]) -> list[str]:
-    return [row[0] for row in conn.execute("select version_num from alembic_version")]
+    return [row[0] for row in conn.execute("select version_num from todo_rls_alembic_version")]
 
 
 def _forced_rls(conn: psycopg.Connection[Any], table: str) -> bool:

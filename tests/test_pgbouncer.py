@@ -19,7 +19,7 @@ from sqlalchemy import Engine, text
 import todo_rls
 from todo_rls import EngineSettings
 
-from fix_db import APP_LOGIN, create_user
+from fix_db import APP_LOGIN, SIGNING_KEY, create_user
 from fix_pgbouncer import PgBouncer
 
 CLIENTS = 12  # client connections (one per user), against PgBouncer's 3 server connections
@@ -145,15 +145,15 @@ def test_session_level_set_config_leaks_through_pgbouncer(
     assert task is not None
     conninfo = pgbouncer.conninfo(dbname)
     with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as careless:
-        # What the library never does: a setting that outlives the transaction.
+        # What the library never does: a (validly signed) context that outlives the transaction.
         row = careless.execute(
-            "select set_config('app.user_id', %s, false), pg_backend_pid(),"
-            " array(select id::text from task)",
-            (alice,),
+            "select set_config('app.user_id', %s, false), set_config('app.user_sig', %s, false),"
+            " pg_backend_pid(), array(select id::text from task)",
+            (alice, SIGNING_KEY.sign(alice, 600)),
         ).fetchone()
         assert row is not None
-        poisoned_pid = row[1]
-        assert row[2] == [task[0]]  # positive control: alice sees her task
+        poisoned_pid = row[2]
+        assert row[3] == [task[0]]  # positive control: alice sees her task
     leaks = []
     with psycopg.connect(conninfo, autocommit=True, prepare_threshold=None) as other:
         for _ in range(20):

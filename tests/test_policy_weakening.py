@@ -1,91 +1,107 @@
-"""The isolation probes can fail: weaken one rule on a scratch copy and they report the leak.
+"""The isolation matrix can fail: weaken one rule on a scratch copy and it reports the leak.
 
-Each case breaks the migrated schema in one way a careless migration could, then runs every
-probe for every actor; the probes named by the case must report a leak. If a probe stayed
-silent here, the green run of test_policies.py would prove nothing about that rule.
+Each case breaks the migrated schema in one way a careless migration could, then runs the
+plugin's matrix (todo_rls.testing.find_leaks, as tests/test_policies.py does) on the table it
+broke; the commands named by the case must leak. If one stayed silent here, the green run of
+test_policies.py would prove nothing about that rule.
 """
 
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
-from fix_db import AppConnector
-from isolation import ACTORS, PROBES, World, build_world
+from todo_rls.testing import find_leaks
 
-WEAKENINGS: dict[str, tuple[str, set[str]]] = {
+from fix_db import SIGNING_KEY
+from test_policies import ROWS
+
+# Every probe for every actor, per weakening; the matrix itself runs in the fast tier.
+pytestmark = [pytest.mark.slow, pytest.mark.own_database]
+
+# weakening -> (the statement, the table it breaks, commands that must leak there)
+WEAKENINGS: dict[str, tuple[str, str, set[str]]] = {
     "select policy always true": (
         "alter policy task_select on task using (true)",
-        {"task-select_by_id", "task-select_all", "task-copy_to"},
+        "task",
+        {"select by key", "select all", "copy to"},
     ),
     # Dropping WITH CHECK alone weakens nothing: PostgreSQL then checks new rows with USING.
     "update policy that checks nothing": (
         "alter policy task_update on task with check (true)",
-        {"task-re-own_rows_to_alice"},
+        "task",
+        {"re-own to another user"},
     ),
     "insert policy always true": (
         "alter policy message_insert on message with check (true)",
-        {"message-insert_claiming_alice"},
+        "message",
+        {"insert claiming someone else"},
     ),
     "delete policy always true": (
-        # Delete by id still finds nothing: its WHERE needs the (intact) SELECT policy.
+        # Delete by key still finds nothing: its WHERE needs the (intact) SELECT policy.
         "alter policy conversation_delete on conversation using (true)",
-        {"conversation-delete_without_where"},
+        "conversation",
+        {"delete all"},
     ),
     "fail-open when app.user_id is unset": (
         "alter policy task_select on task using (user_id = coalesce("
         "nullif(pg_catalog.current_setting('app.user_id', true), ''), user_id))",
-        {"task-select_by_id", "task-select_all"},
-    ),
-    "row level security disabled": (
-        "alter table message disable row level security",
-        {"message-select_all", "message-update_without_where", "message-delete_by_id"},
+        "task",
+        {"select by key", "select all"},
     ),
     "extra permissive policy for public": (
         "create policy task_debug on task for select using (true)",
-        {"task-select_all", "task-copy_to"},
+        "task",
+        {"select all", "copy to"},
     ),
     "preference select policy always true": (
         "alter policy user_preference_select on user_preference using (true)",
-        {"user_preference-select_by_id", "user_preference-select_all"},
+        "user_preference",
+        {"select by key", "select all"},
     ),
     "preference insert policy always true": (
         "alter policy user_preference_insert on user_preference with check (true)",
-        {"user_preference-insert_claiming_carol"},
+        "user_preference",
+        {"insert claiming someone else"},
     ),
     "preference update policy that checks nothing": (
         "alter policy user_preference_update on user_preference with check (true)",
-        {"user_preference-re-own_rows_to_carol"},
-    ),
-    "preference row level security disabled": (
-        "alter table user_preference disable row level security",
-        {"user_preference-select_all", "user_preference-delete_without_where"},
+        "user_preference",
+        {"re-own to another user"},
     ),
     "message foreign key without user_id": (
-        "alter table message drop constraint fk_message_conversation_id_user_id_conversation;"
+        # conversation's key is (user_id, id): id alone needs a unique constraint to be referenced.
+        "alter table conversation add constraint uq_conversation_id unique (id);"
+        " alter table message drop constraint fk_message_conversation_id_user_id_conversation;"
         " alter table message add constraint fk_message_conversation_id_conversation"
         " foreign key (conversation_id) references conversation (id) on delete cascade",
-        {"message-insert_into_alice's_conversation"},
+        "message",
+        {
+            "insert pointing at the owner's conversation row"
+            " (foreign key fk_message_conversation_id_conversation)"
+        },
     ),
 }
 
 
 @pytest.mark.parametrize("weakening", WEAKENINGS)
-def test_probes_report_a_weakened_policy(
-    weakening: str, admin: psycopg.Connection[Any], connect_app: AppConnector
+def test_the_matrix_reports_a_weakened_policy(
+    weakening: str, admin: psycopg.Connection[Any], app_url: str
 ) -> None:
-    world: World = build_world(admin)
-    statement, must_leak = WEAKENINGS[weakening]
+    statement, table, must_leak = WEAKENINGS[weakening]
     admin.execute(statement)
+    leaks = find_leaks(admin, app_url, table, ROWS[table](admin), signing_key=SIGNING_KEY)
+    leaking = {leak.command for leak in leaks}
+    assert must_leak <= leaking, f"the matrix stayed silent: {sorted(must_leak - leaking)}"
 
-    leaking = set()
-    for probe in PROBES:
-        for actor in ACTORS:
-            try:
-                if probe.leaks(connect_app, world, actor) is not None:
-                    leaking.add(probe.id)
-            except AssertionError:
-                pass  # a weakened schema may also break an owner's control; not what we test
-    connect_app.close_all()
 
-    assert must_leak <= leaking, f"probes stayed silent: {sorted(must_leak - leaking)}"
+@pytest.mark.parametrize("table", ["message", "user_preference"])
+@pytest.mark.parametrize("change", ["disable", "no force"])
+def test_the_matrix_refuses_a_table_without_forced_row_level_security(
+    table: str, change: str, admin: psycopg.Connection[Any], app_url: str
+) -> None:
+    alter = sql.SQL("alter table {} {} row level security")
+    admin.execute(alter.format(sql.Identifier(table), sql.SQL(change)))
+    with pytest.raises(AssertionError, match=f"{table}: row level security is not"):
+        find_leaks(admin, app_url, table, ROWS[table](admin), signing_key=SIGNING_KEY)

@@ -10,8 +10,8 @@ from todo_rls import InvalidInputError, scoped_session
 from todo_rls import preferences as prefs
 from todo_rls.models import UserPreference
 
-from fix_db import APP_LOGIN, AppConnector, create_user
-from isolation import insert_statement
+from fix_db import APP_LOGIN, AppConnector, create_user, scope_to
+from fix_world import insert_statement
 
 DEFAULTS = {"theme": "system", "language": "en", "notify_email": True, "notify_push": False}
 
@@ -21,11 +21,13 @@ def settings(row: UserPreference) -> dict[str, Any]:
     return {key: getattr(row, key) for key in DEFAULTS}
 
 
-def saved_rows(admin: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
-    """Every preferences row (read as the superuser, only to check what was written)."""
+def saved_rows(admin: psycopg.Connection[Any], *users: str) -> list[tuple[Any, ...]]:
+    """The preferences rows of users (read as the superuser, only to check what was written;
+    the database is shared, so other tests' users have rows too)."""
     return admin.execute(
         "select user_id, theme, language, notify_email, notify_push from user_preference"
-        " order by user_id"
+        " where user_id = any(%s) order by user_id",
+        (list(users),),
     ).fetchall()
 
 
@@ -38,7 +40,7 @@ def test_get_without_a_saved_row_returns_the_defaults_and_writes_nothing(
         row = prefs.get(session)
         assert (row.user_id, settings(row), row.created_at) == (alice, DEFAULTS, None)
         session.commit()
-    assert saved_rows(admin) == []
+    assert saved_rows(admin, alice) == []
 
 
 def test_first_update_inserts_the_defaults_plus_the_given_fields(
@@ -49,7 +51,7 @@ def test_first_update_inserts_the_defaults_plus_the_given_fields(
         assert settings(row) == DEFAULTS | {"theme": "dark"}
         assert row.created_at is not None and row.created_at == row.updated_at
         session.commit()
-    assert saved_rows(admin) == [(alice, "dark", "en", True, False)]
+    assert saved_rows(admin, alice) == [(alice, "dark", "en", True, False)]
 
 
 def test_later_updates_change_only_the_given_fields_and_bump_updated_at(
@@ -79,12 +81,12 @@ def test_reset_brings_back_the_defaults(
     with scoped_session(app_engine, alice) as session:
         prefs.update(session, theme="light", notify_email=False)
         session.commit()
-    assert len(saved_rows(admin)) == 1  # positive control
+    assert len(saved_rows(admin, alice)) == 1  # positive control
     with scoped_session(app_engine, alice) as session:
         prefs.reset(session)
         assert settings(prefs.get(session)) == DEFAULTS
         session.commit()
-    assert saved_rows(admin) == []
+    assert saved_rows(admin, alice) == []
 
 
 BAD_INPUT: dict[str, tuple[dict[str, Any], str]] = {
@@ -116,7 +118,7 @@ def test_bad_input_is_refused_naming_the_field_and_nothing_is_written(
             valid = {"theme": "dark"} if "theme" not in values else {"notify_email": False}
             prefs.update(session, **valid, **values)
         session.commit()
-    assert saved_rows(admin) == []
+    assert saved_rows(admin, alice) == []
 
 
 # The library's rules must refuse exactly what the CHECK constraints refuse.
@@ -131,7 +133,7 @@ def test_library_rules_match_the_schema_checks(
     check = prefs.check_language if column == "language" else prefs.check_theme
     verdicts = []
     with connect_app() as conn, conn.transaction(force_rollback=True):
-        conn.execute("select set_config('app.user_id', %s, true)", (alice,))
+        scope_to(conn, alice)
         for value in values:
             try:
                 check(value)
@@ -168,7 +170,7 @@ def test_another_user_reads_defaults_and_cannot_change_or_reset_the_owners_row(
         assert prefs.update(session, theme="light").user_id == bob
         prefs.reset(session)
         session.commit()
-    assert saved_rows(admin) == [(alice, "dark", "fil", True, False)]
+    assert saved_rows(admin, alice, bob) == [(alice, "dark", "fil", True, False)]
 
 
 def upsert_claiming(conn: psycopg.Connection[Any], actor: str, owner: str) -> psycopg.Error | None:
@@ -177,7 +179,7 @@ def upsert_claiming(conn: psycopg.Connection[Any], actor: str, owner: str) -> ps
     upsert = insert_statement("user_preference", row, upsert=True)
     try:
         with conn.transaction(force_rollback=True):
-            conn.execute("select set_config('app.user_id', %s, true)", (actor,))
+            scope_to(conn, actor)
             conn.execute(upsert, row)
             return None
     except psycopg.Error as error:
@@ -208,7 +210,7 @@ def test_upsert_over_another_users_row_is_refused_whether_or_not_the_row_exists(
     # the same, so the upsert does not tell bob whether alice saved preferences.
     assert str(over_existing) == str(over_missing)
     assert 'row-level security policy for table "user_preference"' in str(over_existing)
-    assert saved_rows(admin) == [(alice, "light", "en", True, False)]
+    assert saved_rows(admin, alice, bob, carol) == [(alice, "light", "en", True, False)]
 
 
 def test_unscoped_transaction_reads_nothing_and_cannot_save(
@@ -219,7 +221,7 @@ def test_unscoped_transaction_reads_nothing_and_cannot_save(
         session.commit()
     conn = connect_app()
     with conn.transaction(force_rollback=True):  # positive control: scoped, alice sees it
-        conn.execute("select set_config('app.user_id', %s, true)", (alice,))
+        scope_to(conn, alice)
         assert conn.execute("select theme from user_preference").fetchall() == [("dark",)]
     with conn.transaction(force_rollback=True):  # this connection's GUC now reads ''
         assert conn.execute("select theme from user_preference").fetchall() == []

@@ -1,5 +1,7 @@
-"""sql/ builds exactly the schema the migrations build, and the models match that schema."""
+"""sql/ is generated from the migrations and current, it builds exactly the schema they build,
+and the models match that schema."""
 
+import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,13 +12,40 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, pool
 
-from todo_rls.demo import BETTER_AUTH_USER_DDL
+from todo_rls.better_auth import BETTER_AUTH_USER_DDL
+from todo_rls.migrate import VERSION_TABLE
 from todo_rls.models import include_object, metadata
 
-from catalog import Snapshot, snapshot
+from catalog import OUR_TABLES, Snapshot, snapshot
 from fix_server import PgServer
 
-SQL_DIR = Path(__file__).resolve().parents[1] / "sql"
+REPO = Path(__file__).resolve().parents[1]
+SQL_DIR = REPO / "sql"
+
+
+def _export_sql() -> Any:
+    """scripts/export_sql.py, the one writer of sql/ (./dev sql)."""
+    spec = importlib.util.spec_from_file_location("export_sql", REPO / "scripts" / "export_sql.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_sql_folder_is_what_the_migrations_generate(tmp_path: Path) -> None:
+    generated = {path.name: path.read_text() for path in _export_sql().export(tmp_path)}
+    current = {path.name: path.read_text() for path in SQL_DIR.glob("*.sql")}
+    assert generated, "no revisions exported"
+    assert sorted(current) == sorted(generated), "sql/ is stale: run ./dev sql"
+    stale = [name for name in generated if current[name] != generated[name]]
+    assert not stale, f"sql/ is stale ({', '.join(stale)}): run ./dev sql"
+
+
+@pytest.mark.slow  # exports every revision twice
+def test_the_export_is_deterministic(tmp_path: Path) -> None:
+    export = _export_sql().export
+    first = {p.name: p.read_bytes() for p in export(tmp_path / "a")}
+    assert first == {p.name: p.read_bytes() for p in export(tmp_path / "b")}
 
 
 def take_snapshot(server: PgServer, dbname: str) -> Snapshot:
@@ -27,11 +56,12 @@ def take_snapshot(server: PgServer, dbname: str) -> Snapshot:
 
 @pytest.fixture
 def sql_database(pg_server: PgServer) -> Iterator[str]:
-    """A fresh database with Better Auth's "user" table and sql/*.sql applied in name order."""
+    """A fresh database with Better Auth's "user" table and sql/*.sql applied in name order
+    (Alembic's offline output: each file is its own BEGIN ... COMMIT)."""
     files = sorted(SQL_DIR.glob("*.sql"))
     assert files, f"no SQL files in {SQL_DIR}"
     with pg_server.scratch_database() as name:
-        with pg_server.connect(name) as conn:
+        with pg_server.connect(name, autocommit=True) as conn:
             conn.execute(BETTER_AUTH_USER_DDL)
             for path in files:
                 # No parameters: psycopg sends the file as one simple query, all statements.
@@ -50,13 +80,9 @@ def test_sql_folder_builds_the_schema_the_migrations_build(
 ) -> None:
     from_sql = take_snapshot(pg_server, sql_database)
     # Guard against an empty-vs-empty pass: the migrated schema has our tables and policies.
-    assert {row[0] for row in migrated_snapshot["relations"]} == {
-        "task",
-        "conversation",
-        "message",
-        "user_preference",
-    }
-    assert len(migrated_snapshot["policies"]) == 16
+    assert {row[0] for row in migrated_snapshot["relations"]} == set(OUR_TABLES)
+    assert {"task", "conversation", "message", "user_preference"} <= set(OUR_TABLES)
+    assert len(migrated_snapshot["policies"]) == 4 * len(OUR_TABLES)
     assert from_sql == migrated_snapshot
 
 
@@ -84,6 +110,7 @@ SCHEMA_CHANGES = {
 }
 
 
+@pytest.mark.slow  # builds a database from sql/ per case
 @pytest.mark.parametrize(("change", "topic"), SCHEMA_CHANGES.values(), ids=SCHEMA_CHANGES.keys())
 def test_snapshot_comparison_detects_a_schema_change(
     pg_server: PgServer, sql_database: str, migrated_snapshot: Snapshot, change: str, topic: str
@@ -108,6 +135,8 @@ def autogenerate_diff(pg_server: PgServer, dbname: str) -> list[Any]:
                     "compare_server_default": True,
                     "include_object": include_object,
                     "target_metadata": metadata,
+                    # as migrations/env.py says: our version table is Alembic's, not a model's
+                    "version_table": VERSION_TABLE,
                 },
             )
             diff: list[Any] = compare_metadata(context, metadata)
@@ -120,6 +149,7 @@ def test_models_match_the_migrated_schema(pg_server: PgServer, dbname: str) -> N
     assert autogenerate_diff(pg_server, dbname) == []
 
 
+@pytest.mark.own_database  # drops an index to see the comparison notice
 def test_models_comparison_detects_a_missing_index(
     pg_server: PgServer, dbname: str, admin: psycopg.Connection[Any]
 ) -> None:

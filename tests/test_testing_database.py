@@ -17,10 +17,10 @@ from psycopg import sql
 from todo_rls.errors import TodoRlsError, UnsafeRoleError
 from todo_rls.testing.database import Server, ensure_login_role, server_from_setting
 
-from fix_db import CreateRole
+from fix_db import CreateRole, run_role_name
 from fix_server import PgServer
 
-PASSWORD = "todo_rls_test"
+PASSWORD = secrets.token_urlsafe(24)  # per run: no fixed password on a login role
 
 
 def role_facts(admin: psycopg.Connection[Any], name: str) -> tuple[Any, ...]:
@@ -39,7 +39,7 @@ def role_facts(admin: psycopg.Connection[Any], name: str) -> tuple[Any, ...]:
 @pytest.fixture
 def new_role(admin: psycopg.Connection[Any]) -> Iterator[str]:
     """A unique role name nobody has created yet; the role is dropped after the test."""
-    name = f"todo_rls_test_ensure_{secrets.token_hex(6)}"
+    name = run_role_name("ensure")
     yield name
     admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
 

@@ -59,6 +59,7 @@ def test_a_write_for_a_deleted_user_raises_unknown_user_and_writes_nothing(
     assert rows_of(admin, user_id) == (0, 0, 0)
 
 
+@pytest.mark.own_database
 def test_other_integrity_errors_are_not_reported_as_an_unknown_user(
     app_engine: Engine, admin: psycopg.Connection[Any]
 ) -> None:

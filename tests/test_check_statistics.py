@@ -1,0 +1,229 @@
+"""`todo-rls check` STAT001: an owned table whose user_id keeps planner statistics (ADR 0011).
+
+The migrated schema has none; each way of getting them back is found, and each fix clears it.
+"""
+
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
+from psycopg import sql
+from sqlalchemy import create_engine, pool
+
+import todo_rls.migrate
+from todo_rls.cli import main
+from todo_rls.demo import BETTER_AUTH_USER_DDL
+from todo_rls.owner_rls import enable_owner_rls
+
+from fix_db import APP_LOGIN, create_user, run_role_name, url_as
+from fix_server import PgServer
+
+# Every test changes a table's statistics, its column type or its policies.
+pytestmark = pytest.mark.own_database
+
+Found = list[tuple[str, str]]
+STAT = "STAT001"
+
+
+def stat_findings(capsys: pytest.CaptureFixture[str], url: str) -> Found:
+    """(rule, object) of every STAT001 finding of `todo-rls check` at url."""
+    main(["check", "--url", url, "--json", "--login-role", APP_LOGIN])
+    report = json.loads(capsys.readouterr().out)
+    return [(f["rule"], f["object"]) for f in report["findings"] if f["rule"] == STAT]
+
+
+def user_id_statistics_rows(admin: psycopg.Connection[Any], table: str) -> int:
+    """How many pg_statistic rows table's user_id has (superuser's view)."""
+    row = admin.execute(
+        "select count(*) from pg_statistic s join pg_attribute a"
+        " on a.attrelid = s.starelid and a.attnum = s.staattnum"
+        " where s.starelid = %s::regclass and a.attname = 'user_id'",
+        (table,),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.fixture
+def analyzed_task(admin: psycopg.Connection[Any]) -> None:
+    """task holds rows of two users and has been analyzed."""
+    for user in (create_user(admin), create_user(admin)):
+        admin.execute(
+            "insert into task (user_id, title) select %s, 't' from generate_series(1, 50)",
+            (user,),
+        )
+    admin.execute("analyze task")
+
+
+@pytest.mark.parametrize("as_app", [True, False], ids=["as-app-login", "as-superuser"])
+def test_a_user_id_that_keeps_statistics_is_found_and_the_fix_clears_it(
+    as_app: bool,
+    capsys: pytest.CaptureFixture[str],
+    pg_server: PgServer,
+    dbname: str,
+    admin: psycopg.Connection[Any],
+    analyzed_task: None,
+) -> None:
+    url = url_as(pg_server, dbname, APP_LOGIN if as_app else None)
+    assert stat_findings(capsys, url) == []  # the migrated schema keeps none
+    assert user_id_statistics_rows(admin, "task") == 0  # even after ANALYZE
+    admin.execute("alter table task alter column user_id set statistics -1")
+    admin.execute("analyze task")
+    assert user_id_statistics_rows(admin, "task") == 1  # control: now it keeps some
+    assert stat_findings(capsys, url) == [(STAT, "public.task")]
+    # The fix the finding names, in one transaction: target 0, then the retype, with the
+    # policies dropped and re-created around it.
+    policies = task_policies(admin)
+    with admin.transaction():
+        admin.execute("alter table task alter column user_id set statistics 0")
+        fix_by_retyping(admin, "task")
+    assert user_id_statistics_rows(admin, "task") == 0
+    assert stat_findings(capsys, url) == []
+    assert task_policies(admin) == policies
+
+
+def task_policies(admin: psycopg.Connection[Any]) -> list[tuple[Any, ...]]:
+    return admin.execute(
+        "select polname, polcmd, polroles, pg_get_expr(polqual, polrelid),"
+        " pg_get_expr(polwithcheck, polrelid) from pg_policy"
+        " where polrelid = 'task'::regclass order by polname"
+    ).fetchall()
+
+
+def fix_by_retyping(admin: psycopg.Connection[Any], table: str) -> None:
+    """The fix STAT001 names, as an owner runs it: the policies go and come back around it."""
+    rows = admin.execute(
+        "select polname, format('create policy %%I on %%s for %%s to todo_app%%s%%s', polname,"
+        " polrelid::regclass, case polcmd when 'r' then 'select' when 'a' then 'insert'"
+        " when 'w' then 'update' else 'delete' end,"
+        " coalesce(' using (' || pg_get_expr(polqual, polrelid) || ')', ''),"
+        " coalesce(' with check (' || pg_get_expr(polwithcheck, polrelid) || ')', ''))"
+        " from pg_policy where polrelid = %s::regclass",
+        (table,),
+    ).fetchall()
+    for name, _ in rows:
+        admin.execute(f"drop policy {name} on {table}")
+    admin.execute(f"alter table {table} alter column user_id type text")
+    for _, definition in rows:
+        admin.execute(definition)
+
+
+def test_statistics_analyze_kept_before_the_target_became_0_are_found_by_a_superuser(
+    capsys: pytest.CaptureFixture[str],
+    pg_server: PgServer,
+    dbname: str,
+    admin: psycopg.Connection[Any],
+    analyzed_task: None,
+) -> None:
+    admin.execute("alter table task alter column user_id set statistics -1")
+    admin.execute("analyze task")
+    admin.execute("alter table task alter column user_id set statistics 0")
+    admin.execute("analyze task")
+    # What revision 9a4c6e8b2d10 works around: ANALYZE keeps what it had for a target-0 column.
+    assert user_id_statistics_rows(admin, "task") == 1
+    assert stat_findings(capsys, url_as(pg_server, dbname)) == [(STAT, "public.task")]
+    # The app's login cannot read pg_statistic: it sees the target, which is 0.
+    assert stat_findings(capsys, url_as(pg_server, dbname, APP_LOGIN)) == []
+
+
+NOTE = (
+    "create table public.scratch_note (id uuid primary key default gen_random_uuid(),"
+    ' user_id text not null references public."user" (id) on delete cascade,'
+    " body text not null, updated_at timestamptz not null default now())"
+)
+
+
+@pytest.mark.parametrize("keep", [False, True], ids=["default", "user_id_statistics=True"])
+def test_enable_owner_rls_leaves_user_id_without_statistics_unless_asked(
+    keep: bool,
+    capsys: pytest.CaptureFixture[str],
+    pg_server: PgServer,
+    dbname: str,
+    admin: psycopg.Connection[Any],
+) -> None:
+    # An existing table with rows and statistics, protected in a later migration.
+    admin.execute(NOTE)
+    for user in (create_user(admin), create_user(admin)):
+        admin.execute(
+            "insert into scratch_note (user_id, body) select %s, 'b' from generate_series(1, 50)",
+            (user,),
+        )
+    admin.execute("analyze scratch_note")
+    assert user_id_statistics_rows(admin, "scratch_note") == 1  # control
+    engine = create_engine(pg_server.url(dbname), poolclass=pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            op = Operations(MigrationContext.configure(connection))
+            enable_owner_rls(op, "scratch_note", user_id_statistics=keep)
+            connection.commit()
+    finally:
+        engine.dispose()
+    admin.execute("analyze scratch_note")
+    assert user_id_statistics_rows(admin, "scratch_note") == (1 if keep else 0)
+    found = stat_findings(capsys, url_as(pg_server, dbname, APP_LOGIN))
+    assert found == ([(STAT, "public.scratch_note")] if keep else [])
+
+
+@pytest.fixture
+def database_owner(pg_server: PgServer) -> Iterator[tuple[str, str]]:
+    """A scratch database owned by a login role (CREATEROLE, not a superuser), like Neon's
+    neondb_owner, with Better Auth's "user" table: (database, the owner's URL)."""
+    role, password = run_role_name("dbowner"), secrets.token_urlsafe(24)
+    with pg_server.connect("postgres", autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("create role {} login createrole password {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
+        )
+    try:
+        with pg_server.scratch_database() as name:
+            with pg_server.connect(name, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("alter database {} owner to {}").format(
+                        sql.Identifier(name), sql.Identifier(role)
+                    )
+                )
+                conn.execute(BETTER_AUTH_USER_DDL)
+                conn.execute(
+                    sql.SQL('grant references on "user" to {}').format(sql.Identifier(role))
+                )
+            url = pg_server.url(name, user=role, password=password)
+            yield name, url.render_as_string(hide_password=False)
+    finally:
+        with pg_server.connect("postgres", autocommit=True) as conn:
+            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+
+
+POLICIES = (
+    "select c.relname::text, p.polname::text, p.polcmd, p.polpermissive, p.polroles::text,"
+    " pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)"
+    " from pg_policy p join pg_class c on c.oid = p.polrelid order by 1, 2"
+)
+
+
+def test_revision_9a4c6e8b2d10_removes_kept_statistics_as_a_database_owner_not_a_superuser(
+    pg_server: PgServer, database_owner: tuple[str, str]
+) -> None:
+    name, owner_url = database_owner
+    todo_rls.migrate.upgrade(owner_url, "eb55c0c808a9")
+    with pg_server.connect(name, autocommit=True) as admin:
+        for user in (create_user(admin), create_user(admin)):
+            admin.execute(
+                "insert into task (user_id, title) select %s, 't' from generate_series(1, 50)",
+                (user,),
+            )
+        with psycopg.connect(owner_url.replace("+psycopg", ""), autocommit=True) as owner:
+            owner.execute("analyze task")
+        assert user_id_statistics_rows(admin, "task") == 1  # control: kept at eb55c0c808a9
+        policies = admin.execute(POLICIES).fetchall()
+        assert len(policies) >= 16
+        todo_rls.migrate.upgrade(owner_url)
+        assert user_id_statistics_rows(admin, "task") == 0
+        assert admin.execute(POLICIES).fetchall() == policies  # re-created exactly
+        admin.execute("analyze task")
+        assert user_id_statistics_rows(admin, "task") == 0
