@@ -10,6 +10,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
 from fastapi.responses import JSONResponse
+from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 import todo_rls
@@ -150,9 +151,11 @@ def create_app() -> FastAPI:
         engine = todo_rls.create_async_engine()
         try:
             # Fail at startup, not on the first request, if DATABASE_URL's role is one RLS
-            # would not bind (superuser, BYPASSRLS, table owner): the scoped session refuses it.
-            async with todo_rls.scoped_async_session(engine, "startup-role-check") as session:
-                await session.connection()  # begins a transaction, which checks the role
+            # would not bind (superuser, BYPASSRLS, table owner): the scoped session refuses
+            # it; or if the database does not hold TODO_RLS_SIGNING_KEY: the verifier does.
+            async with todo_rls.scoped_async_session(engine, "startup-check") as session:
+                connection = await session.connection()  # begins, and checks the role
+                await connection.execute(text("select todo_rls.current_user_id()"))
             app.state.engine, app.state.token_verifier = engine, verifier
             yield
         finally:
