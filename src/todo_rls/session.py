@@ -64,15 +64,20 @@ _SCOPE_INFO_KEY = "todo_rls.scope"
 
 _BEGIN_SCOPE = b"select todo_rls.begin_scope($1, $2, $3, $4, $5)"
 # An unscoped transaction resets the same things without needing the migrations, so
-# todo_rls's engines work on any database: RESET ALL, then no role, no user, a fixed path.
-_RESET = wire.Statement(b"reset all")
+# todo_rls's engines work on any database: RESET ALL, no WITH HOLD cursor or temporary object
+# of an earlier request (they can hold its user's rows), then no role, no user, a fixed path.
+_RESET = [
+    wire.Statement(b"reset all"),
+    wire.Statement(b"close all"),
+    wire.Statement(b"discard temp"),
+]
 _CLEAR_SCOPE = b"""select pg_catalog.set_config('role', 'none', true),
        pg_catalog.set_config('search_path', $1, true),
        pg_catalog.set_config('row_security', 'on', true),
        pg_catalog.set_config('app.user_id', '', true),
        pg_catalog.set_config('app.user_sig', '', true)"""
 # With autocommit there is no transaction to scope: reset at session level instead.
-_RESET_SESSION = [_RESET, wire.Statement(b"reset role")]
+_RESET_SESSION = [*_RESET, wire.Statement(b"reset role")]
 # Could RLS be silently off for the effective role? Superuser, BYPASSRLS, CREATEROLE (on
 # PostgreSQL 15 and older it can grant itself any role), owner of a table with row-level security
 # (in any schema), a member of a role that is any of these (one SET ROLE away), or a role that
@@ -105,6 +110,16 @@ _REASONS = (
     "is a member of a superuser or BYPASSRLS role (or a CREATEROLE one)",
     "can read the signing keys (todo_rls.signing_key)",
 )
+# The isolation level a transaction gets when the engine names none: the role's, database's or
+# server's default, which SET cannot change (it is what RESET restores). Read in the first
+# transaction of each connection, whose session state is still its own, and named in every
+# later BEGIN: a session-level default that SQL of an earlier request left (an injected
+# `set default_transaction_isolation`) would otherwise reach the next request on the connection,
+# since BEGIN fixes the level before begin_scope's RESET ALL runs.
+_DEFAULT_ISOLATION = wire.Statement(
+    b"select reset_val from pg_catalog.pg_settings where name = 'default_transaction_isolation'"
+)
+_DEFAULT_ISOLATION_KEY = "todo_rls.default_isolation"
 _ISOLATION_LEVELS = {
     psycopg.IsolationLevel.READ_UNCOMMITTED: "isolation level read uncommitted",
     psycopg.IsolationLevel.READ_COMMITTED: "isolation level read committed",
@@ -136,14 +151,17 @@ def current_user_id(session: orm.Session) -> str:
     return scope.user_id
 
 
-def _begin_sql(conn: psycopg.BaseConnection[Any]) -> bytes:
-    """BEGIN with the connection's isolation level and access mode, the latter always given."""
+def _begin_sql(conn: psycopg.BaseConnection[Any], default_isolation: str | None) -> bytes:
+    """BEGIN with the connection's isolation level (else default_isolation, when known) and
+    access mode, the latter always given."""
     # SQLAlchemy's isolation_level, postgresql_readonly and postgresql_deferrable options are set
-    # on the psycopg connection; a bare BEGIN would drop them, and would inherit a read-only
-    # default that SQL of an earlier client may have left at session level.
+    # on the psycopg connection; a bare BEGIN would drop them, and would inherit a level or a
+    # read-only default that SQL of an earlier client may have left at session level.
     words = ["begin"]
     if conn.isolation_level is not None:
         words.append(_ISOLATION_LEVELS[psycopg.IsolationLevel(conn.isolation_level)])
+    elif default_isolation is not None:
+        words.append(default_isolation)
     words.append("read only" if conn.read_only else "read write")
     if conn.deferrable is not None:
         words.append("deferrable" if conn.deferrable else "not deferrable")
@@ -162,7 +180,7 @@ def _statements(
     """What follows BEGIN: clear the scope, or set it (and check the role, when due)."""
     if scope is None:
         path = _search_path(conn, DEFAULT_SEARCH_PATH)
-        return [_RESET, wire.Statement(_CLEAR_SCOPE, [path])]
+        return [*_RESET, wire.Statement(_CLEAR_SCOPE, [path])]
     prepares = "true" if conn.prepare_threshold is not None else "false"
     signature = scope.signing_key.sign(scope.user_id, scope.context_ttl)
     path = _search_path(conn, scope.search_path)
@@ -234,16 +252,25 @@ def _remember_approved_role(connection_info: dict[Any, Any], scope: Scope, role:
     connection_info.setdefault(_APPROVED_ROLES_KEY, {})[scope.set_role] = (monotonic(), role)
 
 
-Opener = Callable[[list[wire.Statement]], list[list[wire.Row]]]
+def _default_isolation(rows: list[wire.Row]) -> str:
+    """BEGIN's words for the level pg_settings' reset_val names (one of four, checked)."""
+    level = f"isolation level {rows[0][0]}" if rows else ""
+    if level not in _ISOLATION_LEVELS.values():
+        raise TodoRlsError(f"unexpected default_transaction_isolation: {rows!r}")
+    return level
 
 
-def _opener(dbapi_connection: Any) -> tuple[psycopg.BaseConnection[Any], Opener, Opener]:
+Opener = Callable[[bytes, list[wire.Statement]], list[list[wire.Row]]]
+Runner = Callable[[list[wire.Statement]], list[list[wire.Row]]]
+
+
+def _opener(dbapi_connection: Any) -> tuple[psycopg.BaseConnection[Any], Opener, Runner]:
     """The psycopg connection, and how to open a transaction on it / run statements in one."""
     if isinstance(dbapi_connection, psycopg.Connection):
         raw = dbapi_connection
 
-        def open_sync(statements: list[wire.Statement]) -> list[list[wire.Row]]:
-            return wire.open_transaction(raw, _begin_sql(raw), statements)
+        def open_sync(begin: bytes, statements: list[wire.Statement]) -> list[list[wire.Row]]:
+            return wire.open_transaction(raw, begin, statements)
 
         def run_sync(statements: list[wire.Statement]) -> list[list[wire.Row]]:
             return wire.run_statements(raw, statements)
@@ -253,8 +280,7 @@ def _opener(dbapi_connection: Any) -> tuple[psycopg.BaseConnection[Any], Opener,
         adapted = dbapi_connection
         raw_async: psycopg.AsyncConnection[Any] = adapted.driver_connection
 
-        def open_async(statements: list[wire.Statement]) -> list[list[wire.Row]]:
-            begin = _begin_sql(raw_async)
+        def open_async(begin: bytes, statements: list[wire.Statement]) -> list[list[wire.Row]]:
             result: list[list[wire.Row]] = adapted.run_async(
                 lambda conn: wire.open_transaction_async(conn, begin, statements)
             )
@@ -296,9 +322,15 @@ def _begin_transaction(connection: Connection) -> None:
         )
     approved = _recently_approved_role(pooled.info, scope) if scope is not None else None
     needs_check = scope is not None and approved is None
+    default_isolation: str | None = pooled.info.get(_DEFAULT_ISOLATION_KEY)
+    statements = _statements(raw, scope, needs_check)
+    if default_isolation is None:  # this connection's first transaction (see _DEFAULT_ISOLATION)
+        statements.append(_DEFAULT_ISOLATION)
     try:
-        rows = open_transaction(_statements(raw, scope, needs_check))
+        rows = open_transaction(_begin_sql(raw, default_isolation), statements)
         pooled.info[_OPEN_KEY] = True
+        if default_isolation is None:
+            pooled.info[_DEFAULT_ISOLATION_KEY] = _default_isolation(rows[-1])
         if scope is None:
             return
         role = rows[0][0][0] or ""
