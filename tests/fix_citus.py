@@ -59,6 +59,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "xdist_group(name): run on one xdist worker together")
 
 
+# tryfirst: xdist reads the xdist_group markers in its own modifyitems hook, which otherwise
+# runs before this one (conftest plugins register after it).
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every citus test in one xdist group (--dist loadgroup): one worker runs them all, so
     they do not fight over the one cluster, its nodes' databases and its module fixtures

@@ -166,3 +166,5 @@ def test_session_level_set_config_leaks_through_pgbouncer(
     # Another client that never set anything reads alice's id and alice's task.
     assert leaks, "PgBouncer never routed the other client to the poisoned server connection"
     assert all(leak == (alice, [task[0]]) for leak in leaks), leaks
+    # The PgBouncer is the run's: end the poisoned server connection for the tests after this.
+    admin.execute("select pg_terminate_backend(%s)", (poisoned_pid,))
