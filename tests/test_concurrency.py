@@ -2,9 +2,10 @@
 
 16 threads and 64 asyncio tasks run 2,000 scoped transactions (todo_rls.stress), once straight
 to the server and once through a transaction-mode PgBouncer: every worker interleaves with all
-the others 25 times. Longer soaks are `todo-rls stress` (docs/pooling.md), not the suite's. Every transaction checks its own
-app.user_id, that its new row is visible (positive control) and that nothing else is; unscoped
-transactions in between must see nothing. pytest -s prints the counts.
+the others 25 times. Longer soaks are `todo-rls stress` (docs/pooling.md), not the suite's.
+Every transaction checks its own app.user_id, that its new row is visible (positive control)
+and that nothing else is; unscoped transactions in between must see nothing. pytest -s prints
+the counts.
 """
 
 import json
