@@ -224,16 +224,13 @@ def migrated_app(cluster: CitusCluster) -> Iterator[CitusApp]:
             yield CitusApp(cluster, dbname, login)
 
 
-@pytest.fixture(scope="module")
+# Shared databases: each Citus database costs seconds (made, extended and dropped on every
+# node, migrated afresh), so the modules that change no schema share one for the run. Their
+# users are new random ids (users_on_two_workers, create_user), so no test sees another's rows
+# by chance; a module that changes the schema, or needs fixed ids, makes its own (migrated_app).
+@pytest.fixture(scope="session")
 def citus_app(citus_cluster: CitusCluster) -> Iterator[CitusApp]:
-    """A Citus database migrated to head, shared by one module, and its app login role."""
-    with migrated_app(citus_cluster) as app:
-        yield app
-
-
-@pytest.fixture
-def citus_app_of_test(citus_cluster: CitusCluster) -> Iterator[CitusApp]:
-    """As citus_app, for one test only (for tests that change the schema or fix user ids)."""
+    """A Citus database migrated to head, shared by the run's citus modules, and its login."""
     with migrated_app(citus_cluster) as app:
         yield app
 
@@ -248,9 +245,16 @@ class Probe:
     worker_ports: frozenset[int]
 
 
-@pytest.fixture(scope="module")
-def citus_probe(citus_app: CitusApp) -> Iterator[Probe]:
-    """The module's Citus database with the probe functions, policies and two users' rows."""
+@pytest.fixture(scope="session")
+def citus_probe(citus_cluster: CitusCluster) -> Iterator[Probe]:
+    """A Citus database of its own (not citus_app's: the probe drops the audit trigger and adds
+    policies) with the probe functions, policies and two users' rows, shared by the run."""
+    with migrated_app(citus_cluster) as citus_app:
+        yield probe_of(citus_app)
+
+
+def probe_of(citus_app: CitusApp) -> Probe:
+    """The probe functions, policies and two users' rows, added to citus_app's database."""
     with citus_app.admin() as conn:
         conn.execute(PROBE_SQL)
         with conn.transaction():
@@ -265,4 +269,4 @@ def citus_probe(citus_app: CitusApp) -> Iterator[Probe]:
                 (user_id, TASKS_EACH),
             )
     ports = frozenset(port for _, port in citus_app.cluster.workers)
-    yield Probe(citus_app, alice, bob, ports)
+    return Probe(citus_app, alice, bob, ports)

@@ -4,13 +4,16 @@ weakened policy on a distributed table makes the walk fail."""
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import rule, run_state_machine_as_test
+from psycopg import sql
 from sqlalchemy import exc, text
 from test_model_based import (
     HOSTILE_USER_IDS,
@@ -25,8 +28,9 @@ from test_model_based import (
 import todo_rls
 from todo_rls import Conversation, EngineSettings, Task, scoped_session
 from todo_rls.owned_rows import update_owned
+from todo_rls.testing.citus import CitusCluster
 
-from fix_citus import CitusApp
+from fix_citus import CitusApp, migrated_app
 from fix_db import create_user, new_user_id
 
 pytestmark = pytest.mark.citus
@@ -96,10 +100,15 @@ def citus_machine_for(world: World) -> type[CitusDalMachine]:
     return BoundCitusDalMachine
 
 
-@pytest.fixture
-def world(citus_app_of_test: CitusApp) -> Iterator[World]:
-    """The model's world on a fresh Citus database (the hostile user ids are fixed names)."""
-    app = citus_app_of_test
+@pytest.fixture(scope="module")
+def world(citus_cluster: CitusCluster) -> Iterator[World]:
+    """The model's world on a Citus database of this module's (the hostile user ids are fixed
+    names; every walk starts from empty tables, as the machine's teardown leaves them)."""
+    with migrated_app(citus_cluster) as app:
+        yield from world_on(app)
+
+
+def world_on(app: CitusApp) -> Iterator[World]:
     engine = todo_rls.create_engine(app.url(), EngineSettings(pool_size=2, max_overflow=0))
     with app.admin() as admin:
         users = (new_user_id(), new_user_id(), *HOSTILE_USER_IDS)
@@ -126,9 +135,39 @@ def test_model_catches_a_weakened_policy_on_a_distributed_table(
     world: World, weakening: str
 ) -> None:
     statement, report = CITUS_WEAKENINGS[weakening]
-    world.admin.execute(statement)  # ALTER POLICY on the coordinator: propagated to every shard
     catching = settings(
         CITUS_MODEL_SETTINGS, derandomize=True, database=None, phases=[Phase.generate]
     )
-    with pytest.raises(AssertionError, match=report):
-        run_state_machine_as_test(citus_machine_for(world), settings=catching)
+    # ALTER POLICY on the coordinator reaches every shard; the module's other walk shares the
+    # database, so the policy is put back as it was.
+    with policies_restored(world.admin):
+        world.admin.execute(statement)
+        with pytest.raises(AssertionError, match=report):
+            run_state_machine_as_test(citus_machine_for(world), settings=catching)
+
+
+@contextmanager
+def policies_restored(admin: psycopg.Connection[Any]) -> Iterator[None]:
+    """The task table's policies as they are now, put back after the block (and checked)."""
+    before = admin.execute(TASK_POLICIES).fetchall()
+    try:
+        yield
+    finally:
+        for name, using, check in before:
+            clauses = [
+                sql.SQL("{} ({})").format(sql.SQL(keyword), sql.SQL(expression))
+                for keyword, expression in (("using", using), ("with check", check))
+                if expression is not None  # pg_get_expr's own text: SQL the server wrote
+            ]
+            admin.execute(
+                sql.SQL("alter policy {} on public.task {}").format(
+                    sql.Identifier(name), sql.SQL(" ").join(clauses)
+                )
+            )
+        assert admin.execute(TASK_POLICIES).fetchall() == before
+
+
+TASK_POLICIES = """
+select polname::text, pg_get_expr(polqual, polrelid), pg_get_expr(polwithcheck, polrelid)
+from pg_catalog.pg_policy where polrelid = 'public.task'::regclass order by polname
+"""

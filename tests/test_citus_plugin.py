@@ -19,7 +19,14 @@ import uuid
 import pytest
 
 
-def test_the_database_is_distributed(rls_admin, rls_citus_cluster):
+# One database per test, and each costs seconds on Citus (made on every node, migrated):
+# the distribution and a scoped session are checked in one test.
+def test_the_database_is_distributed_and_a_session_sees_its_own_rows(
+    rls_admin, rls_citus_cluster, rls_create_user, rls_session_as
+):
+    from sqlalchemy import text
+    from todo_rls import tasks
+
     assert rls_citus_cluster is not None
     kinds = dict(rls_admin.execute(
         "select logicalrelid::text, partmethod from pg_dist_partition"
@@ -27,6 +34,15 @@ def test_the_database_is_distributed(rls_admin, rls_citus_cluster):
     for table in ("task", "conversation", "message", "user_preference", "audit_event"):
         assert kinds[table] == "h", kinds
     assert kinds['"user"'] == "n" and kinds["todo_rls.signing_key"] == "n", kinds
+
+    alice, bob = rls_create_user(), rls_create_user()
+    with rls_session_as(alice) as session:
+        tasks.create(session, "alice's")
+        session.commit()
+    with rls_session_as(alice) as session:
+        assert session.connection().execute(text("select count(*) from task")).scalar_one() == 1
+    with rls_session_as(bob) as session:
+        assert session.connection().execute(text("select count(*) from task")).scalar_one() == 0
 
 
 def test_owned_tables_are_isolated(rls_admin, rls_assert_owner_isolated):
@@ -47,20 +63,6 @@ def test_owned_tables_are_isolated(rls_admin, rls_assert_owner_isolated):
         return {"conversation_id": conversation, "role": "user", "content": "hi"}
 
     rls_assert_owner_isolated("message", message_of)
-
-
-def test_the_scoped_session_sees_its_own_rows(rls_create_user, rls_session_as):
-    from sqlalchemy import text
-    from todo_rls import tasks
-
-    alice, bob = rls_create_user(), rls_create_user()
-    with rls_session_as(alice) as session:
-        tasks.create(session, "alice's")
-        session.commit()
-    with rls_session_as(alice) as session:
-        assert session.connection().execute(text("select count(*) from task")).scalar_one() == 1
-    with rls_session_as(bob) as session:
-        assert session.connection().execute(text("select count(*) from task")).scalar_one() == 0
 
 
 VERIFIED = "user_id = todo_rls.current_user_id()"
@@ -92,7 +94,7 @@ def test_the_plugin_runs_its_matrix_on_a_citus_cluster(
     result = pytester.runpytest_subprocess(
         "-p", "todo_rls.testing", "--rls-server-url", url, "--rls-citus", "-p", "no:cacheprovider"
     )
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=3)
     # Every database and role the plugin made was dropped, on every node. (Other runs may
     # make theirs meanwhile: what is new and named after a process that ended is a leak.)
     left = [

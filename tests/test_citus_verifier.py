@@ -222,53 +222,55 @@ def objects_on(conn: psycopg.Connection[Any], schema: str) -> dict[str, Any]:
     }
 
 
-def test_ddl_on_the_coordinator_reaches_every_node(citus_cluster: CitusCluster) -> None:
+def test_ddl_on_the_coordinator_reaches_every_node(citus_probe: Probe) -> None:
+    # In the run's probe database (a new Citus database costs seconds): schema e_s and the role
+    # are dropped at the end, on every node.
+    citus_cluster, dbname = citus_probe.app.cluster, citus_probe.app.dbname
     role = "todo_rls_citus_e_role"
-    with citus_cluster.database() as dbname:
-        with citus_cluster.coordinator.connect(dbname, autocommit=True) as conn:
-            with conn.transaction():
-                conn.execute("create schema e_s")
-                conn.execute(f"create role {role} nologin")
-                conn.execute(
-                    "create function e_s.f() returns text language plpgsql stable security"
-                    " definer set search_path = '' as $$ begin return 'v1'; end $$"
-                )
-                conn.execute("revoke all on function e_s.f() from public")
-                conn.execute(f"grant execute on function e_s.f() to {role}")
-                conn.execute(f"grant usage on schema e_s to {role}")
-                # Created before create_distributed_table, in the same transaction.
-                conn.execute("create table e_s.t (user_id text primary key)")
-                conn.execute("alter table e_s.t enable row level security")
-                conn.execute("create policy t_select on e_s.t using (user_id = e_s.f())")
-                conn.execute("select pg_catalog.create_distributed_table('e_s.t', 'user_id')")
-            conn.execute(f"alter function e_s.f() owner to {role}")
-            conn.execute("alter function e_s.f() set work_mem = '5MB'")
-            try:
-                expected = objects_on(conn, "e_s")
-                assert expected["functions"][0][1:] == (
-                    role,
-                    f"{{{role}=X/{role}}}",
-                    ['search_path=""', "work_mem=5MB"],
-                )
-                for worker in citus_cluster.nodes[1:]:
-                    with worker.connect(dbname, autocommit=True) as on_worker:
-                        assert objects_on(on_worker, "e_s") == expected
-                        assert (
-                            on_worker.execute(
-                                "select nspacl::text from pg_namespace where nspname = 'e_s'"
-                            ).fetchone()
-                            == conn.execute(
-                                "select nspacl::text from pg_namespace where nspname = 'e_s'"
-                            ).fetchone()
-                        )
-            finally:
-                conn.execute("drop schema e_s cascade")
-                conn.execute(f"drop role {role}")
-        for worker in citus_cluster.nodes[1:]:
-            with worker.connect(dbname, autocommit=True) as on_worker:
-                assert on_worker.execute(
-                    "select count(*) from pg_roles where rolname = %s", (role,)
-                ).fetchone() == (0,)
+    with citus_cluster.coordinator.connect(dbname, autocommit=True) as conn:
+        with conn.transaction():
+            conn.execute("create schema e_s")
+            conn.execute(f"create role {role} nologin")
+            conn.execute(
+                "create function e_s.f() returns text language plpgsql stable security"
+                " definer set search_path = '' as $$ begin return 'v1'; end $$"
+            )
+            conn.execute("revoke all on function e_s.f() from public")
+            conn.execute(f"grant execute on function e_s.f() to {role}")
+            conn.execute(f"grant usage on schema e_s to {role}")
+            # Created before create_distributed_table, in the same transaction.
+            conn.execute("create table e_s.t (user_id text primary key)")
+            conn.execute("alter table e_s.t enable row level security")
+            conn.execute("create policy t_select on e_s.t using (user_id = e_s.f())")
+            conn.execute("select pg_catalog.create_distributed_table('e_s.t', 'user_id')")
+        conn.execute(f"alter function e_s.f() owner to {role}")
+        conn.execute("alter function e_s.f() set work_mem = '5MB'")
+        try:
+            expected = objects_on(conn, "e_s")
+            assert expected["functions"][0][1:] == (
+                role,
+                f"{{{role}=X/{role}}}",
+                ['search_path=""', "work_mem=5MB"],
+            )
+            for worker in citus_cluster.nodes[1:]:
+                with worker.connect(dbname, autocommit=True) as on_worker:
+                    assert objects_on(on_worker, "e_s") == expected
+                    assert (
+                        on_worker.execute(
+                            "select nspacl::text from pg_namespace where nspname = 'e_s'"
+                        ).fetchone()
+                        == conn.execute(
+                            "select nspacl::text from pg_namespace where nspname = 'e_s'"
+                        ).fetchone()
+                    )
+        finally:
+            conn.execute("drop schema e_s cascade")
+            conn.execute(f"drop role {role}")
+    for worker in citus_cluster.nodes[1:]:
+        with worker.connect(dbname, autocommit=True) as on_worker:
+            assert on_worker.execute(
+                "select count(*) from pg_roles where rolname = %s", (role,)
+            ).fetchone() == (0,)
 
 
 EXISTING_SQL = r"""
@@ -342,9 +344,10 @@ def test_objects_made_before_citus_reach_the_workers_only_as_dependencies(
 
 
 def test_sql_function_over_a_coordinator_only_table_fails_on_the_workers(
-    citus_database: str, citus_cluster: CitusCluster
+    citus_probe: Probe,
 ) -> None:
-    with citus_cluster.coordinator.connect(citus_database, autocommit=True) as conn:
+    app = citus_probe.app
+    with app.admin() as conn:
         conn.execute("create schema e4")
         conn.execute("create table e4.signing_key (k text)")  # a table: never propagated
         conn.execute("insert into e4.signing_key values ('k1')")
@@ -357,6 +360,7 @@ def test_sql_function_over_a_coordinator_only_table_fails_on_the_workers(
             " from pg_catalog.run_command_on_all_nodes('select e4.key_ring()') r"
             " join pg_catalog.pg_dist_node n using (nodeid) order by 1"
         ).fetchall()
+        conn.execute("drop schema e4 cascade")  # the run's probe database: leave it as found
     coordinator, *workers = results
     assert coordinator[1:] == (True, "k1")
     # The function was created on the workers (bodies are not checked there) and fails there.

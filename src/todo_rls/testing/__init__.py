@@ -30,7 +30,7 @@ from todo_rls.engine import EngineSettings, create_engine
 from todo_rls.errors import TodoRlsError
 from todo_rls.identity import SigningKey
 from todo_rls.session import scoped_session
-from todo_rls.testing.citus import CitusCluster
+from todo_rls.testing.citus import CitusCluster, new_database_name
 from todo_rls.testing.database import (
     SERVER_URL_ENV,
     LoginRole,
@@ -251,22 +251,65 @@ def rls_migrate(
     )
 
 
-@contextmanager
-def _citus_database(cluster: CitusCluster, migrate: Migrate) -> Iterator[str]:
-    with cluster.database() as name:
-        migrate(name)
-        yield name
+class _CitusDatabases:
+    """The migrated test databases of a Citus run. Each is made and migrated afresh (templates
+    do not reach the workers), seconds each on a small cluster; rls_template's, migrated first
+    to check the migrations once, is kept as a spare for the first test that asks, not made
+    twice."""
+
+    def __init__(self, cluster: CitusCluster, migrate: Migrate) -> None:
+        self.cluster, self.migrate = cluster, migrate
+        self.spare: str | None = None
+
+    def _new(self) -> str:
+        name = new_database_name()
+        try:
+            self.cluster.create_database(name)
+            self.migrate(name)
+        except BaseException:
+            self.cluster.drop_database(name)
+            raise
+        return name
+
+    @contextmanager
+    def template(self) -> Iterator[str]:
+        """The run's first database, a spare until a test takes it; dropped if none does."""
+        self.spare = name = self._new()
+        try:
+            yield name
+        finally:
+            if self.spare is not None:
+                self.spare = None
+                self.cluster.drop_database(name)
+
+    @contextmanager
+    def database(self) -> Iterator[str]:
+        """A migrated database of one test (the spare if there is one), dropped after it."""
+        name, self.spare = self.spare, None
+        if name is None:
+            name = self._new()
+        try:
+            yield name
+        finally:
+            self.cluster.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def _rls_citus_databases(
+    rls_citus_cluster: CitusCluster | None, rls_migrate: Migrate
+) -> _CitusDatabases | None:
+    return None if rls_citus_cluster is None else _CitusDatabases(rls_citus_cluster, rls_migrate)
 
 
 @pytest.fixture(scope="session")
 def rls_template(
-    rls_server: Server, rls_citus_cluster: CitusCluster | None, rls_migrate: Migrate
+    rls_server: Server, _rls_citus_databases: _CitusDatabases | None, rls_migrate: Migrate
 ) -> Iterator[str]:
     """A template database, migrated once per run. On Citus, a migrated database that checks
-    the migrations once; each rls_database is migrated afresh (templates do not reach the
-    workers)."""
-    if rls_citus_cluster is not None:
-        with _citus_database(rls_citus_cluster, rls_migrate) as name:
+    the migrations once and serves the first test; each other rls_database is migrated afresh
+    (templates do not reach the workers)."""
+    if _rls_citus_databases is not None:
+        with _rls_citus_databases.template() as name:
             yield name
         return
     name = f"todo_rls_plugin_{os.getpid()}_{secrets.token_hex(3)}"
@@ -277,15 +320,12 @@ def rls_template(
 
 @pytest.fixture
 def rls_database(
-    rls_server: Server,
-    rls_template: str,
-    rls_citus_cluster: CitusCluster | None,
-    rls_migrate: Migrate,
+    rls_server: Server, rls_template: str, _rls_citus_databases: _CitusDatabases | None
 ) -> Iterator[str]:
     """Name of this test's own copy of the migrated database, dropped after the test (on
     Citus: made and migrated on every node, dropped on every node)."""
-    if rls_citus_cluster is not None:
-        with _citus_database(rls_citus_cluster, rls_migrate) as name:
+    if _rls_citus_databases is not None:
+        with _rls_citus_databases.database() as name:
             yield name
         return
     name = f"{rls_template}_{secrets.token_hex(3)}"
