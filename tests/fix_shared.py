@@ -100,13 +100,17 @@ def fingerprint(conn: psycopg.Connection[Any]) -> list[str]:
 
 
 class SharedDatabase:
-    """A copy of the migrated template that tests share, re-made after one changes it."""
+    """A copy of the migrated template that tests share, re-made after one changes it.
+
+    The fingerprint is read over one connection kept for it: a new backend reads the catalog
+    into its caches first, which made each check about 20 ms instead of 5 (measured here).
+    """
 
     def __init__(self, server: Server, template: str) -> None:
         self.server, self.template = server, template
         self.name = self._create()
-        with server.connect(self.name, autocommit=True) as conn:
-            self.expected = fingerprint(conn)
+        self._conn = self._connect()
+        self.expected = fingerprint(self._conn)
 
     def _create(self) -> str:
         name = f"{self.template}_shared_{secrets.token_hex(3)}"
@@ -118,25 +122,37 @@ class SharedDatabase:
             )
         return name
 
+    def _connect(self) -> psycopg.Connection[Any]:
+        return self.server.connect(self.name, autocommit=True)
+
     def drop(self) -> None:
         """Drop the current copy (force: a connection a failed test left open must not keep
         it alive)."""
+        self._conn.close()
         with self.server.connect("postgres", autocommit=True) as conn:
             conn.execute(
                 sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(self.name))
             )
 
+    def _fingerprint(self) -> list[str]:
+        try:
+            return fingerprint(self._conn)
+        except psycopg.OperationalError:  # a test ended every backend of the database
+            self._conn.close()
+            self._conn = self._connect()
+            return fingerprint(self._conn)
+
     def check_unchanged(self, test: str) -> None:
         """Raise AssertionError naming what test changed, after replacing the copy, if the
         catalog differs from the migrated template's."""
-        with self.server.connect(self.name, autocommit=True) as conn:
-            found = fingerprint(conn)
+        found = self._fingerprint()
         if found == self.expected:
             return
         gone = sorted(set(self.expected) - set(found))
         new = sorted(set(found) - set(self.expected))
         self.drop()
         self.name = self._create()
+        self._conn = self._connect()
         changes = [f"  - {line}" for line in gone] + [f"  + {line}" for line in new]
         raise AssertionError(
             f"{test} changed the shared test database; give it its own copy with"
