@@ -1,10 +1,11 @@
 """Random walks through the DAL by several users and unscoped sessions, checked against a model.
 
 Hypothesis drives todo_rls.tasks and todo_rls.chat through scoped_session on the application
-role; a plain Python oracle says which rows must exist and whose they are. After every step each
-user sees exactly the oracle's rows for them (through the DAL, and through unfiltered queries
-that only row-level security narrows), an unscoped session sees nothing, and the superuser's
-view of the whole database equals the oracle, so a write that went to the wrong owner fails too.
+role; a plain Python oracle says which rows must exist and whose they are. After every step an
+unscoped session sees nothing and the superuser's view of the whole database equals the oracle,
+so a write that went to the wrong owner fails too; after every step that changed a row (and at
+the start) each user sees exactly the oracle's rows for them, through the DAL and through
+unfiltered queries that only row-level security narrows.
 
 Reproducing a failure: Hypothesis prints the steps and a ``@reproduce_failure`` blob. With
 CI=true the examples are derandomized (the same on every run), so a CI failure replays locally
