@@ -7,6 +7,7 @@ without --allow; upgrade, downgrade to base and upgrade again all work.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -86,11 +87,29 @@ def database(pg_server: PgServer, migrated_server: Any) -> Iterator[str]:
         yield name
 
 
+@pytest.fixture(scope="module")
+def app_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A project made by `alembic init`, with two revisions; made once, as the CLI makes it
+    (three interpreter starts), and copied for each test."""
+    project = tmp_path_factory.mktemp("app")
+    run("init", "migrations", cwd=project)
+    for rev_id, message, body in (
+        ("a1", "feature flags", FEATURE_FLAGS),
+        ("a2", "journal", JOURNAL),
+    ):
+        created = run("revision", "-m", message, "--rev-id", rev_id, cwd=project)
+        assert "Generating" in created.stdout
+        (path,) = (project / "migrations" / "versions").glob(f"{rev_id}_*.py")
+        path.write_text(path.read_text() + body)
+    return project
+
+
 @pytest.fixture
-def app(tmp_path: Path, pg_server: PgServer, database: str) -> Path:
-    """A project made by `alembic init`, pointed at the database, with two revisions."""
-    run("init", "migrations", cwd=tmp_path)
-    ini = tmp_path / "alembic.ini"
+def app(app_project: Path, tmp_path: Path, pg_server: PgServer, database: str) -> Path:
+    """A copy of the app's project of this test's own, pointed at the database."""
+    project = tmp_path / "app"
+    shutil.copytree(app_project, project)
+    ini = project / "alembic.ini"
     url = pg_server.url(database).render_as_string(hide_password=False).replace("%", "%%")
     lines = ini.read_text().splitlines()
     assert any(line.startswith("sqlalchemy.url = ") for line in lines)
@@ -101,15 +120,7 @@ def app(tmp_path: Path, pg_server: PgServer, database: str) -> Path:
         )
         + "\n"
     )
-    for rev_id, message, body in (
-        ("a1", "feature flags", FEATURE_FLAGS),
-        ("a2", "journal", JOURNAL),
-    ):
-        created = run("revision", "-m", message, "--rev-id", rev_id, cwd=tmp_path)
-        assert "Generating" in created.stdout
-        (path,) = (tmp_path / "migrations" / "versions").glob(f"{rev_id}_*.py")
-        path.write_text(path.read_text() + body)
-    return tmp_path
+    return project
 
 
 def versions(conn: psycopg.Connection[Any], table: str) -> list[str] | None:
