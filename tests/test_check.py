@@ -10,9 +10,10 @@ import pytest
 from psycopg import sql
 
 from todo_rls.check import audit, connect
+from todo_rls.check.command import audit_with
 from todo_rls.check.predicate import Shape, has_bare_call, shape
 from todo_rls.check.rules import RULES
-from todo_rls.cli import main
+from todo_rls.cli import build_parser, main
 from todo_rls.owner_rls import FORGEABLE_OWNER_MATCHES, OWNER_MATCHES, OWNER_MATCHES_BARE
 
 from catalog import OUR_TABLES
@@ -149,6 +150,12 @@ def test_text_report_groups_findings_by_table(
     assert message_block < out.index("RLS002") < task_block < out.index("POL001")
     assert "fix:    create policy task_delete on public.task for delete to todo_app using" in out
     assert f"\n2 findings (1 error, 1 warning); {len(RULES)} rules over " in out
+
+
+def test_audit_with_refuses_an_autocommit_connection(admin: psycopg.Connection[Any]) -> None:
+    # Its search_path pin is transaction-local: on autocommit it would be gone before the audit.
+    with pytest.raises(ValueError, match="needs a transaction"):
+        audit_with(admin, build_parser().parse_args(["check"]))
 
 
 def test_the_rule_table_lists_each_rule_once() -> None:
