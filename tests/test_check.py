@@ -2,25 +2,31 @@
 
 import json
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg import sql
 
-from todo_rls.check import audit, connect
+from todo_rls.check import audit
+from todo_rls.check.command import audit_with
+from todo_rls.check.context import Conn
 from todo_rls.check.predicate import Shape, has_bare_call, shape
 from todo_rls.check.rules import RULES
-from todo_rls.cli import main
+from todo_rls.cli import build_parser, main
 from todo_rls.owner_rls import FORGEABLE_OWNER_MATCHES, OWNER_MATCHES, OWNER_MATCHES_BARE
 
 from catalog import OUR_TABLES
-from fix_db import APP_LOGIN, LOGIN_PASSWORD, OWNED_TABLES, CreateRole, url_as
+from fix_db import APP_LOGIN, OWNED_TABLES, run_role_name, url_as
 from fix_server import PgServer
 
-# A case that builds a flaw into the schema for the audit to find gets its own copy of the
-# template and is slow (a clone each); the clean schema, reports and predicates share one.
+# Each case builds its flaw in one transaction on the shared database and audits it there, as
+# the app's login, with options parsed by the CLI's own parser; the transaction is rolled back
+# after the test. DDL, roles, grants and database or role settings are all transactional in
+# PostgreSQL, so no case needs a copy of the template of its own, and the shared database's
+# fingerprint check (fix_shared) fails a case that left anything behind. One case commits its
+# flaw on its own copy and runs the real CLI over it, end to end.
 
 CANONICAL = OWNER_MATCHES
 Found = list[tuple[str, str]]  # (rule id, object) of each finding, in report order
@@ -33,17 +39,20 @@ def app_login_url(pg_server: PgServer, dbname: str) -> str:
     return url_as(pg_server, dbname, APP_LOGIN)
 
 
-def run_check(
-    capsys: pytest.CaptureFixture[str], url: str, *options: str
-) -> tuple[int, dict[str, Any]]:
-    """Exit code and JSON report of `todo-rls check`, login roles limited to the app's.
+def with_login_role(options: tuple[str, ...]) -> tuple[str, ...]:
+    """options, login roles limited to the app's unless they name some.
 
     Roles are cluster-wide: other suites' LOGIN members of todo_app (some BYPASSRLS on purpose)
     would show up by default, so each run names the login roles it means.
     """
-    if "--login-role" not in options:
-        options = (*options, "--login-role", APP_LOGIN)
-    code = main(["check", "--url", url, "--json", *options])
+    return options if "--login-role" in options else (*options, "--login-role", APP_LOGIN)
+
+
+def run_check(
+    capsys: pytest.CaptureFixture[str], url: str, *options: str
+) -> tuple[int, dict[str, Any]]:
+    """Exit code and JSON report of `todo-rls check` through the CLI, over url."""
+    code = main(["check", "--url", url, "--json", *with_login_role(options)])
     return code, json.loads(capsys.readouterr().out)
 
 
@@ -51,17 +60,63 @@ def found(report: dict[str, Any]) -> Found:
     return [(f["rule"], f["object"]) for f in report["findings"]]
 
 
+class Rolled:
+    """The test's transaction: run() breaks something as the superuser, report() and check()
+    audit it as the CLI would; the fixture rolls it all back."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def run(self, statement: str | sql.Composed) -> None:
+        """Run statement (one, or several separated by semicolons) as the superuser."""
+        self.conn.execute(statement.encode() if isinstance(statement, str) else statement)
+
+    def role(self, kind: str, *attributes: str) -> str:
+        """A scratch role of this run that exists only in this transaction."""
+        name = run_role_name(kind)
+        self.run(
+            sql.SQL("create role {} {}").format(sql.Identifier(name), sql.SQL(" ".join(attributes)))
+        )
+        return name
+
+    def report(self, *options: str, login: str | None = APP_LOGIN) -> tuple[int, str]:
+        """Exit code and report of `todo-rls check *options` over this transaction, as login
+        (None: the superuser)."""
+        args = build_parser().parse_args(["check", *with_login_role(options)])
+        # A savepoint undone after the audit: login, read-only mode and search_path end with it.
+        with self.conn.transaction(force_rollback=True):
+            self.conn.execute("set transaction read only")  # as the CLI's connection is
+            if login is not None:
+                authorization = sql.SQL("set local session authorization {}")
+                self.conn.execute(authorization.format(sql.Identifier(login)))
+            return audit_with(self.conn, args)
+
+    def check(self, *options: str, login: str | None = APP_LOGIN) -> tuple[int, dict[str, Any]]:
+        """Exit code and JSON report, as report()."""
+        code, report = self.report("--json", *options, login=login)
+        return code, json.loads(report)
+
+
 @pytest.fixture
-def breaks(
-    capsys: pytest.CaptureFixture[str], admin: psycopg.Connection[Any], app_login_url: str
-) -> Breaks:
-    """breaks(statement, *options): check it is clean, run statement as admin, return findings."""
+def db(pg_server: PgServer, dbname: str) -> Iterator[Rolled]:
+    """A transaction on the test's database (the shared one unless own_database) as the
+    superuser, rolled back after the test."""
+    with pg_server.connect(dbname) as conn:
+        try:
+            yield Rolled(conn)
+        finally:
+            conn.rollback()
+
+
+@pytest.fixture
+def breaks(db: Rolled) -> Breaks:
+    """breaks(statement, *options): check it is clean, run statement, return the findings."""
 
     def apply(statement: str, *options: str) -> Found:
-        code, report = run_check(capsys, app_login_url, *options)
+        code, report = db.check(*options)
         assert (code, found(report)) == (0, []), "positive control: clean before the break"
-        admin.execute(statement.encode())
-        code, report = run_check(capsys, app_login_url, *options)
+        db.run(statement)
+        code, report = db.check(*options)
         assert code == 1, report
         return found(report)
 
@@ -81,39 +136,32 @@ def test_migrated_schema_has_no_finding(
     assert sorted(report["summary"]["tables"]) == [f"public.{t}" for t in OUR_TABLES]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
-def test_version_tables_the_app_cannot_use_are_no_finding(
-    capsys: pytest.CaptureFixture[str], admin: psycopg.Connection[Any], app_login_url: str
-) -> None:
+def test_version_tables_the_app_cannot_use_are_no_finding(db: Rolled) -> None:
     # An app's own Alembic chain beside ours: alembic_version, or a name of its choosing.
-    assert run_check(capsys, app_login_url)[0] == 0  # ours, todo_rls_alembic_version, is none
+    assert db.check()[0] == 0  # ours, todo_rls_alembic_version, is none
     for name in ("alembic_version", "myapp_schema_version"):
-        admin.execute(
+        db.run(
             sql.SQL("create table public.{} (version_num varchar(32) primary key)").format(
                 sql.Identifier(name)
             )
         )
-    assert run_check(capsys, app_login_url)[0] == 0
+    assert db.check()[0] == 0
     # Positive controls: a look-alike with more than version_num is a table like any other,
     # and a version table the app's roles can read is reported.
-    admin.execute("alter table public.myapp_schema_version add column note text")
-    admin.execute("grant select on public.alembic_version to todo_app")
-    assert found(run_check(capsys, app_login_url)[1]) == [
+    db.run("alter table public.myapp_schema_version add column note text")
+    db.run("grant select on public.alembic_version to todo_app")
+    assert found(db.check()[1]) == [
         ("RLS001", "public.myapp_schema_version"),
         ("READ001", "public.alembic_version"),
     ]
 
 
-@pytest.mark.own_database  # builds flaws to report
-def test_json_report_has_database_findings_and_summary(
-    capsys: pytest.CaptureFixture[str], admin: psycopg.Connection[Any], app_login_url: str
-) -> None:
-    admin.execute("alter table task no force row level security")
-    code, report = run_check(capsys, app_login_url)
+def test_json_report_has_database_findings_and_summary(db: Rolled, dbname: str) -> None:
+    db.run("alter table task no force row level security")
+    code, report = db.check()
     assert code == 1
     assert set(report) == {"database", "findings", "summary"}
-    assert report["database"] == admin.info.dbname
+    assert report["database"] == dbname
     assert report["findings"] == [
         {
             "object": "public.task",
@@ -136,9 +184,12 @@ def test_json_report_has_database_findings_and_summary(
     }
 
 
-@pytest.mark.own_database  # builds flaws to report
-def test_text_report_groups_findings_by_table(
-    capsys: pytest.CaptureFixture[str], admin: psycopg.Connection[Any], app_login_url: str
+@pytest.mark.own_database  # commits its break: the CLI reads it over a connection of its own
+def test_a_committed_break_is_found_through_the_cli(
+    capsys: pytest.CaptureFixture[str],
+    admin: psycopg.Connection[Any],
+    app_login_url: str,
+    db: Rolled,
 ) -> None:
     admin.execute("alter table message no force row level security")
     admin.execute("drop policy task_delete on task")
@@ -149,6 +200,14 @@ def test_text_report_groups_findings_by_table(
     assert message_block < out.index("RLS002") < task_block < out.index("POL001")
     assert "fix:    create policy task_delete on public.task for delete to todo_app using" in out
     assert f"\n2 findings (1 error, 1 warning); {len(RULES)} rules over " in out
+    # What the other cases rely on: auditing in a transaction reports what the CLI does.
+    assert db.report() == (1, out.removesuffix("\n"))
+
+
+def test_audit_with_refuses_an_autocommit_connection(admin: psycopg.Connection[Any]) -> None:
+    # Its search_path pin is transaction-local: on autocommit it would be gone before the audit.
+    with pytest.raises(ValueError, match="needs a transaction"):
+        audit_with(admin, build_parser().parse_args(["check"]))
 
 
 def test_the_rule_table_lists_each_rule_once() -> None:
@@ -163,8 +222,6 @@ def test_the_rule_table_lists_each_rule_once() -> None:
 UNINDEXED = "IDX001"  # a new owned table has no index on user_id either
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("statement", "options", "expected"),
     [
@@ -203,8 +260,6 @@ _TASK_KEYED_ON_ID = (
 )
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("statement", "table"),
     [
@@ -229,35 +284,34 @@ def test_owned_table_without_an_index_leading_with_user_id_is_found(
     assert breaks(statement) == [(UNINDEXED, table)]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
-def test_allowlisted_table_without_user_id_is_not_found(
-    capsys: pytest.CaptureFixture[str], admin: psycopg.Connection[Any], app_login_url: str
-) -> None:
+def test_allowlisted_table_without_user_id_is_not_found(db: Rolled) -> None:
     # Readable by the app: --allow exempts a table you name from READ001 too.
-    admin.execute("create table public.lookup (id int); grant select on public.lookup to todo_app")
-    assert run_check(capsys, app_login_url)[0] == 1  # positive control: found without --allow
-    assert run_check(capsys, app_login_url, "--allow", "lookup")[0] == 0
+    db.run("create table public.lookup (id int); grant select on public.lookup to todo_app")
+    assert db.check()[0] == 1  # positive control: found without --allow
+    assert db.check("--allow", "lookup")[0] == 0
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 def test_table_not_forced_is_found(breaks: Breaks) -> None:
     assert breaks("alter table task no force row level security") == [("RLS002", "public.task")]
+
+
+def test_a_search_path_the_break_sets_does_not_fool_the_audit(breaks: Breaks) -> None:
+    # With todo_rls on it, PostgreSQL prints the policies' verifier call unqualified (no longer
+    # canonical): the audit pins its own search_path for its queries (PIN_SEARCH_PATH).
+    statement = (
+        "set local search_path = todo_rls, public; alter table task no force row level security"
+    )
+    assert breaks(statement) == [("RLS002", "public.task")]
 
 
 # --- policies ------------------------------------------------------------------------------
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["task_select", "task_insert", "task_update", "task_delete"])
 def test_command_without_policy_is_found(breaks: Breaks, policy: str) -> None:
     assert breaks(f"drop policy {policy} on task") == [("POL001", "public.task")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 def test_policy_for_public_is_found(breaks: Breaks) -> None:
     statement = f"create policy task_read on task for select using ({CANONICAL})"
     assert breaks(statement) == [("POL002", "public.task")]
@@ -284,8 +338,6 @@ FAIL_OPEN = {
 }
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 @pytest.mark.parametrize("predicate", FAIL_OPEN.values(), ids=FAIL_OPEN.keys())
 def test_fail_open_using_is_found(breaks: Breaks, predicate: str) -> None:
     statement = f"alter policy task_select on task using ({predicate})"
@@ -304,13 +356,8 @@ NOTE_POLICIES = "; ".join(
 )
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 def test_owner_column_with_a_case_insensitive_collation_is_found(
-    breaks: Breaks,
-    capsys: pytest.CaptureFixture[str],
-    admin: psycopg.Connection[Any],
-    app_login_url: str,
+    breaks: Breaks, db: Rolled
 ) -> None:
     # The policy text is canonical; the column's collation makes 'ALICE' equal 'alice'.
     statement = (
@@ -327,29 +374,24 @@ def test_owner_column_with_a_case_insensitive_collation_is_found(
     assert len(findings) == 5  # every clause of the four policies
 
     # The fix is the column's collation, not the (already canonical) policy text...
-    _, report = run_check(capsys, app_login_url)
+    _, report = db.check()
     alter = 'alter table public.scratch_note alter column user_id type text collate "default";'
     assert {f["fix"].split(" (")[0] for f in report["findings"]} == {alter}
     # ...and it works, done the way the fix says (PostgreSQL refuses it while policies exist).
-    with admin.transaction():
-        for command in ("select", "insert", "update", "delete"):
-            admin.execute(f"drop policy scratch_note_{command} on public.scratch_note".encode())
-        admin.execute(alter.encode())
-        admin.execute(NOTE_POLICIES.encode())
-    code, report = run_check(capsys, app_login_url)
+    for command in ("select", "insert", "update", "delete"):
+        db.run(f"drop policy scratch_note_{command} on public.scratch_note")
+    db.run(alter)
+    db.run(NOTE_POLICIES)
+    code, report = db.check()
     assert (code, found(report)) == (0, [])
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 def test_fail_open_with_check_is_found(breaks: Breaks) -> None:
     assert breaks("alter policy message_insert on message with check (true)") == [
         ("POL003", "public.message")
     ]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 def test_update_without_with_check_is_found(breaks: Breaks) -> None:
     statement = (
         "drop policy conversation_update on conversation; create policy conversation_update "
@@ -358,16 +400,12 @@ def test_update_without_with_check_is_found(breaks: Breaks) -> None:
     assert breaks(statement) == [("POL004", "public.conversation")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 def test_verifier_outside_a_sub_select_is_found(breaks: Breaks) -> None:
     bare = OWNER_MATCHES_BARE
     statement = f"alter policy task_delete on task using ({bare})"
     assert breaks(statement) == [("POL005", "public.task")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 def test_leaky_function_in_a_restrictive_policy_is_found(breaks: Breaks) -> None:
     # Restrictive policies are ANDed in, but a function in one sees every row first.
     statement = (
@@ -379,8 +417,6 @@ def test_leaky_function_in_a_restrictive_policy_is_found(breaks: Breaks) -> None
     assert breaks(statement) == [("POL006", "public.task")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 def test_leaky_operator_in_a_policy_is_found(breaks: Breaks) -> None:
     statement = (
         "create function public.peek(a text, b text) returns boolean language plpgsql "
@@ -395,56 +431,46 @@ def test_leaky_operator_in_a_policy_is_found(breaks: Breaks) -> None:
 # --- roles ---------------------------------------------------------------------------------
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
+def app_member(db: Rolled) -> str:
+    """A login role of this transaction, a member of todo_app."""
+    member = db.role("member", "login")
+    db.run(sql.SQL("grant todo_app to {}").format(sql.Identifier(member)))
+    return member
+
+
 @pytest.mark.parametrize("attribute", ["bypassrls", "superuser"])
-def test_login_role_that_bypasses_rls_is_found(
-    breaks: Breaks, admin: psycopg.Connection[Any], create_role: CreateRole, attribute: str
-) -> None:
-    member = create_role("member", "login")
-    admin.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(member)))
+def test_login_role_that_bypasses_rls_is_found(breaks: Breaks, db: Rolled, attribute: str) -> None:
+    member = app_member(db)
     alter = f'alter role "{member}" {attribute}'
     assert breaks(alter, "--login-role", member) == [("ROLE001", f"role {member}")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 @pytest.mark.parametrize("attribute", ["bypassrls", "superuser"])
 def test_login_role_member_of_a_bypassing_role_is_found(
-    breaks: Breaks, admin: psycopg.Connection[Any], create_role: CreateRole, attribute: str
+    breaks: Breaks, db: Rolled, attribute: str
 ) -> None:
     # Neon's console roles: no attribute of their own, but members of neon_superuser.
-    bypass = create_role("bypass", "nologin", attribute)
-    member = create_role("member", "login")
-    admin.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(member)))
+    bypass = db.role("bypass", "nologin", attribute)
+    member = app_member(db)
     grant = f'grant "{bypass}" to "{member}"'
     assert breaks(grant, "--login-role", member) == [("ROLE001", f"role {member}")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 @pytest.mark.parametrize("through_a_group", [False, True], ids=["itself", "through a group"])
 def test_login_role_with_createrole_is_found_and_the_fix_works(
-    capsys: pytest.CaptureFixture[str],
-    admin: psycopg.Connection[Any],
-    app_login_url: str,
-    create_role: CreateRole,
-    through_a_group: bool,
+    db: Rolled, through_a_group: bool
 ) -> None:
     # On PostgreSQL 15 a CREATEROLE role can grant itself a BYPASSRLS role or a table owner.
-    member = create_role("member", "login")
-    admin.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(member)))
-    code, report = run_check(capsys, app_login_url, "--login-role", member)
+    member = app_member(db)
+    code, report = db.check("--login-role", member)
     assert (code, found(report)) == (0, []), "positive control: a plain member is clean"
 
-    holder = create_role("creator", "nologin", "createrole") if through_a_group else member
+    holder = db.role("creator", "nologin", "createrole") if through_a_group else member
     if through_a_group:
-        admin.execute(
-            sql.SQL("grant {} to {}").format(sql.Identifier(holder), sql.Identifier(member))
-        )
+        db.run(sql.SQL("grant {} to {}").format(sql.Identifier(holder), sql.Identifier(member)))
     else:
-        admin.execute(sql.SQL("alter role {} createrole").format(sql.Identifier(member)))
-    code, report = run_check(capsys, app_login_url, "--login-role", member)
+        db.run(sql.SQL("alter role {} createrole").format(sql.Identifier(member)))
+    code, report = db.check("--login-role", member)
     assert (code, found(report)) == (1, [("ROLE001", f"role {member}")])
     fix = report["findings"][0]["fix"]
     statement = (
@@ -455,84 +481,67 @@ def test_login_role_with_createrole_is_found_and_the_fix_works(
     assert fix.startswith(f"{statement};"), fix
     assert "CREATEROLE" in report["findings"][0]["message"]
 
-    admin.execute(statement.encode())  # the fix it names is enough
-    code, report = run_check(capsys, app_login_url, "--login-role", member)
+    db.run(statement)  # the fix it names is enough
+    code, report = db.check("--login-role", member)
     assert (code, found(report)) == (0, [])
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
-def test_login_members_of_the_app_role_are_checked_by_default(
-    pg_server: PgServer, dbname: str, admin: psycopg.Connection[Any], create_role: CreateRole
-) -> None:
-    member, outsider = create_role("member", "login"), create_role("outsider", "login")
-    middle = create_role("middle")  # nologin, in between: membership counts through it
+def test_login_members_of_the_app_role_are_checked_by_default(db: Rolled) -> None:
+    member, outsider = db.role("member", "login"), db.role("outsider", "login")
+    middle = db.role("middle")  # nologin, in between: membership counts through it
     for grantee, role in ((middle, "todo_app"), (member, middle)):
-        admin.execute(
-            sql.SQL("grant {} to {}").format(sql.Identifier(role), sql.Identifier(grantee))
-        )
-    with connect(url_as(pg_server, dbname, APP_LOGIN)) as conn:
-        ctx, _ = audit(conn)
+        db.run(sql.SQL("grant {} to {}").format(sql.Identifier(role), sql.Identifier(grantee)))
+    ctx, _ = audit(db.conn)  # the library's call: no --login-role, every LOGIN member
     names = {role.name for role in ctx.login_roles}
     assert {APP_LOGIN, member} <= names
     assert not {outsider, middle, "postgres"} & names
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
-def test_login_role_that_owns_tables_is_found(
-    capsys: pytest.CaptureFixture[str], app_login_url: str, table_owner: str
-) -> None:
+def own_tables(db: Rolled) -> str:
+    """A login role of this transaction that owns the owned tables and is no member of
+    todo_app: fix_db's table_owner, rolled back with the rest."""
+    owner = db.role("owner", "login")
+    for table in OWNED_TABLES:
+        db.run(sql.SQL("alter table {} owner to {}").format(*map(sql.Identifier, (table, owner))))
+    return owner
+
+
+def test_login_role_that_owns_tables_is_found(db: Rolled) -> None:
+    table_owner = own_tables(db)
     # Owning the tables is fine for a migration role the app never logs in as...
-    code, report = run_check(capsys, app_login_url)
+    code, report = db.check()
     assert (code, found(report)) == (0, [])
     # ...and a hole for the role the app logs in as.
-    code, report = run_check(capsys, app_login_url, "--login-role", table_owner)
+    code, report = db.check("--login-role", table_owner)
     expected = sorted(("ROLE002", f"public.{table}") for table in OWNED_TABLES)
     assert (code, sorted(found(report))) == (1, expected)
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 @pytest.mark.parametrize("privilege", ["truncate", "trigger", "references"])
 def test_app_role_with_dangerous_privilege_is_found(breaks: Breaks, privilege: str) -> None:
     statement = f"grant {privilege} on message to todo_app"
     assert breaks(statement) == [("ROLE003", "public.message")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 def test_column_level_references_is_found(breaks: Breaks) -> None:
     statement = "grant references (id, user_id) on task to todo_app"
     assert breaks(statement) == [("ROLE003", "public.task")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 def test_create_on_the_app_schema_is_found(breaks: Breaks) -> None:
     assert breaks("grant create on schema public to todo_app") == [("ROLE003", "schema public")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
-def test_dangerous_privilege_of_a_login_role_alone_is_found(
-    breaks: Breaks, admin: psycopg.Connection[Any], create_role: CreateRole
-) -> None:
-    member = create_role("member", "login")
-    admin.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(member)))
+def test_dangerous_privilege_of_a_login_role_alone_is_found(breaks: Breaks, db: Rolled) -> None:
+    member = app_member(db)
     options = ("--login-role", member, "--login-role", APP_LOGIN)
-    try:
-        findings = breaks(f'grant truncate on task to "{member}"', *options)
-    finally:  # the scratch role is dropped after the test: it must hold nothing by then
-        admin.execute(sql.SQL("revoke all on task from {}").format(sql.Identifier(member)))
+    findings = breaks(f'grant truncate on task to "{member}"', *options)
     assert findings == [("ROLE003", "public.task")]
 
 
 # --- foreign keys, functions, views --------------------------------------------------------
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 def test_foreign_key_without_user_id_is_found(breaks: Breaks) -> None:
     # conversation's key is (user_id, id): id alone needs a unique constraint to be referenced.
     statement = (
@@ -544,8 +553,6 @@ def test_foreign_key_without_user_id_is_found(breaks: Breaks) -> None:
     assert breaks(statement) == [("FK001", "public.message")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 def test_security_definer_function_without_search_path_is_found(breaks: Breaks) -> None:
     statement = (
         "create function public.count_tasks(who text) returns bigint language sql "
@@ -556,8 +563,6 @@ def test_security_definer_function_without_search_path_is_found(breaks: Breaks) 
     assert breaks(statement) == [("FN001", function), ("FN002", function)]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 def test_view_without_security_invoker_is_found(breaks: Breaks) -> None:
     statement = "create view public.open_task as select * from task where not completed"
     assert breaks(statement) == [("VIEW001", "public.open_task")]
@@ -569,8 +574,6 @@ DEFINER = (
 )
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["public.all_titles", "api.all_titles"])
 def test_definer_function_of_a_superuser_the_app_can_run_is_found(
     breaks: Breaks, name: str
@@ -580,38 +583,19 @@ def test_definer_function_of_a_superuser_the_app_can_run_is_found(
     assert breaks(statement + DEFINER.format(name=name)) == [("FN002", f"function {name}()")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
-def test_definer_function_of_a_table_owner_is_found(
-    breaks: Breaks, admin: psycopg.Connection[Any], create_role: CreateRole, table_owner: str
-) -> None:
-    try:
-        statement = f"{DEFINER.format(name='public.all_titles')}; "
-        statement += f'alter function public.all_titles() owner to "{table_owner}"'
-        findings = breaks(statement)
-    finally:  # the scratch role is dropped after the test: it must own nothing by then
-        admin.execute("drop function if exists public.all_titles()")
-    assert findings == [("FN002", "function public.all_titles()")]
+def test_definer_function_of_a_table_owner_is_found(breaks: Breaks, db: Rolled) -> None:
+    table_owner = own_tables(db)
+    statement = f"{DEFINER.format(name='public.all_titles')}; "
+    statement += f'alter function public.all_titles() owner to "{table_owner}"'
+    assert breaks(statement) == [("FN002", "function public.all_titles()")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
-def test_definer_function_of_a_plain_role_is_not_found(
-    capsys: pytest.CaptureFixture[str],
-    admin: psycopg.Connection[Any],
-    app_login_url: str,
-    create_role: CreateRole,
-) -> None:
-    plain = create_role("plain")  # no bypass, owns no protected table: policies bind it
-    admin.execute(DEFINER.format(name="public.all_titles").encode())
-    try:
-        assert run_check(capsys, app_login_url)[0] == 1  # positive control: superuser's is found
-        admin.execute(
-            sql.SQL("alter function public.all_titles() owner to {}").format(sql.Identifier(plain))
-        )
-        code, report = run_check(capsys, app_login_url)
-    finally:
-        admin.execute("drop function public.all_titles()")
+def test_definer_function_of_a_plain_role_is_not_found(db: Rolled) -> None:
+    plain = db.role("plain")  # no bypass, owns no protected table: policies bind it
+    db.run(DEFINER.format(name="public.all_titles"))
+    assert db.check()[0] == 1  # positive control: the superuser's is found
+    db.run(sql.SQL("alter function public.all_titles() owner to {}").format(sql.Identifier(plain)))
+    code, report = db.check()
     assert (code, found(report)) == (0, [])
 
 
@@ -636,8 +620,6 @@ READABLE = {
 }
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 @pytest.mark.parametrize(("statement", "relation"), READABLE.values(), ids=READABLE.keys())
 def test_relation_the_app_can_read_past_rls_is_found(
     breaks: Breaks, statement: str, relation: str
@@ -645,55 +627,39 @@ def test_relation_the_app_can_read_past_rls_is_found(
     assert breaks(statement) == [("READ001", relation)]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
-def test_database_default_for_the_user_setting_is_found(
-    breaks: Breaks, admin: psycopg.Connection[Any]
-) -> None:
-    database = admin.info.dbname
-    statement = f"alter database \"{database}\" set app.user_id = 'aliceID'"
-    assert breaks(statement) == [("SET001", f"database {database}")]
+def test_database_default_for_the_user_setting_is_found(breaks: Breaks, dbname: str) -> None:
+    statement = f"alter database \"{dbname}\" set app.user_id = 'aliceID'"
+    assert breaks(statement) == [("SET001", f"database {dbname}")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 def test_login_role_default_for_the_user_setting_is_found(
-    breaks: Breaks, admin: psycopg.Connection[Any], create_role: CreateRole
+    breaks: Breaks, db: Rolled, dbname: str
 ) -> None:
-    member = create_role("member", "login")
-    admin.execute(sql.SQL("grant todo_app to {}").format(sql.Identifier(member)))
-    statement = f'alter role "{member}" in database "{admin.info.dbname}" set app.user_id = \'x\''
+    member = app_member(db)
+    statement = f'alter role "{member}" in database "{dbname}" set app.user_id = \'x\''
     assert breaks(statement, "--login-role", member) == [("SET001", f"role {member}")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 @pytest.mark.parametrize("setting", ["search_path = public, pg_catalog", "row_security = off"])
 def test_database_default_for_search_path_or_row_security_is_found(
-    breaks: Breaks, admin: psycopg.Connection[Any], setting: str
+    breaks: Breaks, dbname: str, setting: str
 ) -> None:
-    database = admin.info.dbname
-    statement = f'alter database "{database}" set {setting}'
-    assert breaks(statement) == [("SET002", f"database {database}")]
+    statement = f'alter database "{dbname}" set {setting}'
+    assert breaks(statement) == [("SET002", f"database {dbname}")]
 
 
 # --- the verified identity ------------------------------------------------------------------
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 def test_forgeable_predicate_is_found(breaks: Breaks) -> None:
     statement = f"alter policy task_select on task using ({FORGEABLE_OWNER_MATCHES})"
     assert breaks(statement) == [("POL007", "public.task")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
-def test_login_role_default_is_found(breaks: Breaks, admin: psycopg.Connection[Any]) -> None:
+def test_login_role_default_is_found(breaks: Breaks, dbname: str) -> None:
     # What SQL injected into the app can do to every later connection of its login.
-    database = admin.info.dbname
     statement = (
-        f'alter role {APP_LOGIN} in database "{database}" set default_transaction_read_only = on'
+        f'alter role {APP_LOGIN} in database "{dbname}" set default_transaction_read_only = on'
     )
     assert breaks(statement) == [("SET003", f"role {APP_LOGIN}")]
 
@@ -702,8 +668,6 @@ def test_login_role_default_is_found(breaks: Breaks, admin: psycopg.Connection[A
 READ_PAST_RLS = [("READ001", "todo_rls.signing_key")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("statement", "also"),
     [
@@ -721,8 +685,6 @@ def test_app_role_that_could_sign_is_found(
     assert sorted(breaks(statement)) == sorted(expected)
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 def test_key_in_a_function_body_is_found(breaks: Breaks) -> None:
     statement = (
         "create function public.sign_with() returns text language sql immutable"
@@ -731,8 +693,6 @@ def test_key_in_a_function_body_is_found(breaks: Breaks) -> None:
     assert breaks(statement) == [("IDN003", "public.sign_with()")]
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 @pytest.mark.parametrize(
     ("statement", "extra"),
     [
@@ -753,33 +713,26 @@ def test_unsound_verifier_is_found(
     assert sorted(breaks(statement)) == sorted(expected)
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
-def test_no_active_key_is_found(
-    capsys: pytest.CaptureFixture[str],
-    admin: psycopg.Connection[Any],
-    pg_server: PgServer,
-    dbname: str,
-) -> None:
-    owner_url = url_as(pg_server, dbname)  # the app login may not read the keys
-    code, report = run_check(capsys, owner_url)
+def test_no_active_key_is_found(db: Rolled) -> None:
+    # As the superuser: the app login may not read the keys.
+    code, report = db.check(login=None)
     assert (code, found(report)) == (0, []), "positive control: the run's key is active"
-    admin.execute("update todo_rls.signing_key set retire_at = now() - interval '1 second'")
-    code, report = run_check(capsys, owner_url)
+    db.run("update todo_rls.signing_key set retire_at = now() - interval '1 second'")
+    code, report = db.check(login=None)
     assert (code, found(report)) == (1, [("IDN004", "todo_rls.signing_key")])
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
-def test_large_object_of_the_app_login_is_found(
-    capsys: pytest.CaptureFixture[str], app_login_url: str, pg_server: PgServer, dbname: str
-) -> None:
-    code, report = run_check(capsys, app_login_url)
+def test_large_object_of_the_app_login_is_found(db: Rolled) -> None:
+    code, report = db.check()
     assert (code, found(report)) == (0, []), "positive control: clean before the break"
     # Made by the app login itself, as SQL injected into the app would.
-    with pg_server.connect(dbname, APP_LOGIN, LOGIN_PASSWORD, autocommit=True) as conn:
-        conn.execute("select pg_catalog.lo_from_bytea(0, 'copied rows')")
-    code, report = run_check(capsys, app_login_url)
+    db.run(
+        sql.SQL(
+            "set local session authorization {}; select pg_catalog.lo_from_bytea(0, 'copied rows');"
+            " reset session authorization"
+        ).format(sql.Identifier(APP_LOGIN))
+    )
+    code, report = db.check()
     assert (code, found(report)) == (1, [("LO001", f"role {APP_LOGIN}")])
 
 
@@ -802,27 +755,16 @@ SAFE_OBJECTS = {
 }
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
 @pytest.mark.parametrize("statement", SAFE_OBJECTS.values(), ids=SAFE_OBJECTS.keys())
-def test_safe_variants_give_no_finding(
-    capsys: pytest.CaptureFixture[str],
-    admin: psycopg.Connection[Any],
-    app_login_url: str,
-    statement: str,
-) -> None:
-    admin.execute(statement.encode())
-    code, report = run_check(capsys, app_login_url)
+def test_safe_variants_give_no_finding(db: Rolled, statement: str) -> None:
+    db.run(statement)
+    code, report = db.check()
     assert (code, found(report)) == (0, [])
 
 
-@pytest.mark.own_database
-@pytest.mark.slow
-def test_unrelated_database_default_is_not_found(
-    capsys: pytest.CaptureFixture[str], admin: psycopg.Connection[Any], app_login_url: str
-) -> None:
-    admin.execute(f"alter database \"{admin.info.dbname}\" set work_mem = '8MB'".encode())
-    code, report = run_check(capsys, app_login_url)
+def test_unrelated_database_default_is_not_found(db: Rolled, dbname: str) -> None:
+    db.run(f"alter database \"{dbname}\" set work_mem = '8MB'")
+    code, report = db.check()
     assert (code, found(report)) == (0, [])
 
 

@@ -3,10 +3,12 @@
 import argparse
 import os
 
+from todo_rls.check.context import Conn
 from todo_rls.check.database_audit import (
     DEFAULT_ALLOW,
     DEFAULT_APP_ROLE,
     DEFAULT_SCHEMA,
+    PIN_SEARCH_PATH,
     audit,
     connect,
 )
@@ -17,11 +19,22 @@ def run(args: argparse.Namespace) -> int:
     """The `todo-rls check` command: 0 when clean, 1 with findings (errors go to cli.main)."""
     url: str | None = args.url or os.environ.get("DATABASE_URL")
     with connect(url) as conn:
-        database = conn.info.dbname
-        allow = (*DEFAULT_ALLOW, *(args.allow or ()))
-        ctx, findings = audit(conn, args.schema, args.app_role, allow, args.login_role)
-    print(as_json(database, ctx, findings) if args.json else as_text(database, ctx, findings))
-    return 1 if findings else 0
+        code, report = audit_with(conn, args)
+    print(report)
+    return code
+
+
+def audit_with(conn: Conn, args: argparse.Namespace) -> tuple[int, str]:
+    """Exit code and report of `todo-rls check` as args (parsed by the CLI) ask, over conn
+    instead of --url: the tests audit a transaction they roll back, as whoever conn is."""
+    if conn.autocommit:
+        raise ValueError("audit_with needs a transaction: the pinned search_path is local")
+    conn.execute(PIN_SEARCH_PATH)  # again: conn's transaction may have set its own
+    allow = (*DEFAULT_ALLOW, *(args.allow or ()))
+    ctx, findings = audit(conn, args.schema, args.app_role, allow, args.login_role)
+    database = conn.info.dbname
+    report = as_json(database, ctx, findings) if args.json else as_text(database, ctx, findings)
+    return (1 if findings else 0), report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -11,8 +11,19 @@ from todo_rls.engine import database_url
 
 DEFAULT_SCHEMA = "public"
 DEFAULT_APP_ROLE = "todo_app"
-__all__ = ["DEFAULT_ALLOW", "DEFAULT_APP_ROLE", "DEFAULT_SCHEMA", "audit", "connect"]
+__all__ = [
+    "DEFAULT_ALLOW",
+    "DEFAULT_APP_ROLE",
+    "DEFAULT_SCHEMA",
+    "PIN_SEARCH_PATH",
+    "audit",
+    "connect",
+]
 CONNECT_TIMEOUT = 10  # seconds: long enough for a suspended Neon compute to wake
+# The audit's queries name pg_catalog's objects, but operators, casts and the regclass and
+# regprocedure names they print resolve through search_path. Set transaction-local, so a
+# look-alike in another schema stays out of the checks and nothing leaks into a pooled session.
+PIN_SEARCH_PATH = "select pg_catalog.set_config('search_path', 'pg_catalog', true)"
 
 
 def connect(url: str | None) -> Conn:
@@ -22,9 +33,7 @@ def connect(url: str | None) -> Conn:
     # No prepared statements: the URL may be a transaction-mode pooler (Neon's -pooler host).
     conn = psycopg.connect(conninfo, connect_timeout=CONNECT_TIMEOUT, prepare_threshold=None)
     conn.read_only = True
-    # Every query runs in this one transaction; a transaction-local search_path keeps a
-    # look-alike function in another schema out of the checks and leaks into no pooled session.
-    conn.execute("select pg_catalog.set_config('search_path', 'pg_catalog', true)")
+    conn.execute(PIN_SEARCH_PATH)  # every query of the audit runs in this one transaction
     return conn
 
 
