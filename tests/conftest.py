@@ -4,7 +4,7 @@ import os
 
 from hypothesis import settings
 
-pytest_plugins = ["fix_server", "fix_db", "fix_pgbouncer", "fix_citus"]
+pytest_plugins = ["fix_server", "fix_db", "fix_rolled", "fix_pgbouncer", "fix_citus"]
 
 # Hypothesis: CI walks more and the same walks every run (a red build is reproducible, never a
 # lucky draw), with nothing saved from or replayed out of an earlier run; a developer's run is

@@ -2,7 +2,7 @@
 
 import json
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -11,22 +11,20 @@ from psycopg import sql
 
 from todo_rls.check import audit
 from todo_rls.check.command import audit_with
-from todo_rls.check.context import Conn
 from todo_rls.check.predicate import Shape, has_bare_call, shape
 from todo_rls.check.rules import RULES
 from todo_rls.cli import build_parser, main
 from todo_rls.owner_rls import FORGEABLE_OWNER_MATCHES, OWNER_MATCHES, OWNER_MATCHES_BARE
 
 from catalog import OUR_TABLES
-from fix_db import APP_LOGIN, OWNED_TABLES, run_role_name, url_as
+from fix_db import APP_LOGIN, OWNED_TABLES, url_as
+from fix_rolled import Rolled, with_login_role
 from fix_server import PgServer
 
 # Each case builds its flaw in one transaction on the shared database and audits it there, as
 # the app's login, with options parsed by the CLI's own parser; the transaction is rolled back
-# after the test. DDL, roles, grants and database or role settings are all transactional in
-# PostgreSQL, so no case needs a copy of the template of its own, and the shared database's
-# fingerprint check (fix_shared) fails a case that left anything behind. One case commits its
-# flaw on its own copy and runs the real CLI over it, end to end.
+# after the test (fix_rolled's db), so no case needs a copy of the template of its own. One case
+# commits its flaw on its own copy and runs the real CLI over it, end to end.
 
 CANONICAL = OWNER_MATCHES
 Found = list[tuple[str, str]]  # (rule id, object) of each finding, in report order
@@ -39,15 +37,6 @@ def app_login_url(pg_server: PgServer, dbname: str) -> str:
     return url_as(pg_server, dbname, APP_LOGIN)
 
 
-def with_login_role(options: tuple[str, ...]) -> tuple[str, ...]:
-    """options, login roles limited to the app's unless they name some.
-
-    Roles are cluster-wide: other suites' LOGIN members of todo_app (some BYPASSRLS on purpose)
-    would show up by default, so each run names the login roles it means.
-    """
-    return options if "--login-role" in options else (*options, "--login-role", APP_LOGIN)
-
-
 def run_check(
     capsys: pytest.CaptureFixture[str], url: str, *options: str
 ) -> tuple[int, dict[str, Any]]:
@@ -58,54 +47,6 @@ def run_check(
 
 def found(report: dict[str, Any]) -> Found:
     return [(f["rule"], f["object"]) for f in report["findings"]]
-
-
-class Rolled:
-    """The test's transaction: run() breaks something as the superuser, report() and check()
-    audit it as the CLI would; the fixture rolls it all back."""
-
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
-
-    def run(self, statement: str | sql.Composed) -> None:
-        """Run statement (one, or several separated by semicolons) as the superuser."""
-        self.conn.execute(statement.encode() if isinstance(statement, str) else statement)
-
-    def role(self, kind: str, *attributes: str) -> str:
-        """A scratch role of this run that exists only in this transaction."""
-        name = run_role_name(kind)
-        self.run(
-            sql.SQL("create role {} {}").format(sql.Identifier(name), sql.SQL(" ".join(attributes)))
-        )
-        return name
-
-    def report(self, *options: str, login: str | None = APP_LOGIN) -> tuple[int, str]:
-        """Exit code and report of `todo-rls check *options` over this transaction, as login
-        (None: the superuser)."""
-        args = build_parser().parse_args(["check", *with_login_role(options)])
-        # A savepoint undone after the audit: login, read-only mode and search_path end with it.
-        with self.conn.transaction(force_rollback=True):
-            self.conn.execute("set transaction read only")  # as the CLI's connection is
-            if login is not None:
-                authorization = sql.SQL("set local session authorization {}")
-                self.conn.execute(authorization.format(sql.Identifier(login)))
-            return audit_with(self.conn, args)
-
-    def check(self, *options: str, login: str | None = APP_LOGIN) -> tuple[int, dict[str, Any]]:
-        """Exit code and JSON report, as report()."""
-        code, report = self.report("--json", *options, login=login)
-        return code, json.loads(report)
-
-
-@pytest.fixture
-def db(pg_server: PgServer, dbname: str) -> Iterator[Rolled]:
-    """A transaction on the test's database (the shared one unless own_database) as the
-    superuser, rolled back after the test."""
-    with pg_server.connect(dbname) as conn:
-        try:
-            yield Rolled(conn)
-        finally:
-            conn.rollback()
 
 
 @pytest.fixture
