@@ -1,9 +1,10 @@
-"""A transaction on the test's database, rolled back after the test: break and audit.
+"""A transaction on the test's database, rolled back after the test: break, migrate and audit.
 
 DDL, roles, grants and database or role settings are all transactional in PostgreSQL, so a test
 that builds what it needs here and checks it over the same connection leaves nothing behind and
 can run on the shared database; its fingerprint check (fix_shared) fails a test that did leave
-something.
+something. Alembic operations run in it too, through a SQLAlchemy connection over the same
+psycopg connection (migration_connection).
 """
 
 import json
@@ -11,7 +12,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from alembic.migration import MigrationContext
+from alembic.operations import Operations
 from psycopg import sql
+from psycopg.pq import TransactionStatus
+from sqlalchemy import Connection, create_engine, pool
 
 from todo_rls.check.command import audit_with
 from todo_rls.check.context import Conn
@@ -76,3 +81,24 @@ def db(pg_server: PgServer, dbname: str) -> Iterator[Rolled]:
             yield Rolled(conn)
         finally:
             conn.rollback()
+
+
+@pytest.fixture
+def migration_connection(db: Rolled) -> Iterator[Connection]:
+    """db's transaction as a SQLAlchemy connection, which a real Alembic op runs on (run_op).
+
+    Over db's own psycopg connection (creator), so the op and the test's statements are one
+    transaction. SQLAlchemy rolls back the first time it connects, after reading the server's
+    version: so this must come before the test runs anything in db. StaticPool does not close
+    the connection when it is given back (db's fixture does), and rolls back, as db would."""
+    assert db.conn.info.transaction_status == TransactionStatus.IDLE
+    engine = create_engine(
+        "postgresql+psycopg://", creator=lambda: db.conn, poolclass=pool.StaticPool
+    )
+    with engine.connect() as connection:
+        yield connection
+
+
+def run_op(connection: Connection, action: Any, *args: Any, **kwargs: Any) -> None:
+    """Run a helper with a real Alembic op bound to connection (no commit)."""
+    action(Operations(MigrationContext.configure(connection)), *args, **kwargs)

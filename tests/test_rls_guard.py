@@ -23,6 +23,7 @@ from alembic.migration import MigrationContext
 from alembic.operations import Operations
 from sqlalchemy import Connection, create_engine, pool
 
+from todo_rls.check.context import Conn
 from todo_rls.cli import main
 from todo_rls.models import metadata
 from todo_rls.owner_rls import (
@@ -36,10 +37,13 @@ from todo_rls.testing import assert_owner_isolated
 
 from catalog import snapshot
 from fix_db import APP_LOGIN, url_as
+from fix_rolled import Rolled, run_op
 from fix_server import PgServer
 
-# The guard's cases create, weaken and drop tables and policies: own copies.
-pytestmark = pytest.mark.own_database
+# The guard's cases create, weaken and drop tables and policies in one transaction on the shared
+# database, with real Alembic ops on the same connection, and run the guard there; the
+# transaction is rolled back after the test (fix_rolled). The docs' recipe commits (the check and
+# the isolation matrix read it over connections of their own), and its downgrade undoes it.
 
 # Better Auth's tables (with its jwt plugin's jwks): not ours to protect. Alembic's version
 # tables are known by their shape (one column, version_num), whatever their name.
@@ -188,24 +192,15 @@ NO_INDEX = (SCRATCH, "no index leads with user_id (enable_owner_rls index=True)"
 
 
 @pytest.fixture
-def migration_connection(pg_server: PgServer, dbname: str) -> Iterator[Connection]:
-    """A SQLAlchemy connection to this test's database, as a migration would hold it."""
-    engine = create_engine(pg_server.url(dbname), poolclass=pool.NullPool)
-    with engine.connect() as connection:
-        yield connection
-    engine.dispose()
+def conn(db: Rolled) -> Conn:
+    """The test's transaction, as the superuser: the break, and the guard reading it."""
+    return db.conn
 
 
-def run_op(connection: Connection, action: Any, *args: Any, **kwargs: Any) -> None:
-    """Run a helper with a real Alembic op bound to connection, and commit."""
-    action(Operations(MigrationContext.configure(connection)), *args, **kwargs)
-    connection.commit()
-
-
-def test_guard_reports_a_table_created_without_the_helper(admin: psycopg.Connection[Any]) -> None:
-    assert rls_offenders(admin) == []  # positive control: clean before the new table
-    admin.execute(NOTE)
-    assert rls_offenders(admin) == [
+def test_guard_reports_a_table_created_without_the_helper(conn: Conn) -> None:
+    assert rls_offenders(conn) == []  # positive control: clean before the new table
+    conn.execute(NOTE)
+    assert rls_offenders(conn) == [
         (SCRATCH, "row level security is not enabled"),
         (SCRATCH, "row level security is not forced"),
         *ALL_POLICIES_MISSING,
@@ -214,12 +209,12 @@ def test_guard_reports_a_table_created_without_the_helper(admin: psycopg.Connect
 
 
 def test_guard_accepts_the_same_table_protected_by_the_helper(
-    admin: psycopg.Connection[Any], migration_connection: Connection
+    conn: Conn, migration_connection: Connection
 ) -> None:
-    admin.execute(NOTE)
-    assert rls_offenders(admin) != []  # positive control
+    conn.execute(NOTE)
+    assert rls_offenders(conn) != []  # positive control
     run_op(migration_connection, enable_owner_rls, SCRATCH, index=True)
-    assert rls_offenders(admin) == []
+    assert rls_offenders(conn) == []
 
 
 # Each breaks the helper-made scratch table in one way; the guard must name exactly that.
@@ -256,42 +251,42 @@ BREAKAGES = {
 
 @pytest.mark.parametrize("breakage", BREAKAGES)
 def test_guard_names_a_weakened_protection(
-    breakage: str, admin: psycopg.Connection[Any], migration_connection: Connection
+    breakage: str, conn: Conn, migration_connection: Connection
 ) -> None:
-    admin.execute(NOTE)
+    conn.execute(NOTE)
     run_op(migration_connection, enable_owner_rls, SCRATCH, index=True)
-    assert rls_offenders(admin) == []  # positive control
+    assert rls_offenders(conn) == []  # positive control
     statement, expected = BREAKAGES[breakage]
-    admin.execute(statement)
-    owner = canonical_predicate(admin)
-    found = rls_offenders(admin)
+    conn.execute(statement)
+    owner = canonical_predicate(conn)
+    found = rls_offenders(conn)
     assert [table for table, _ in found] == [SCRATCH] * len(expected), found
     for (_, problem), start in zip(found, expected, strict=True):
         assert problem.startswith(start.format(owner=owner)), (problem, start)
 
 
-def test_allowlisted_better_auth_tables_are_not_guarded(admin: psycopg.Connection[Any]) -> None:
-    admin.execute('create table public.session (id text primary key, "userId" text not null)')
-    admin.execute("create table public.session_log (id text primary key)")
-    admin.execute("grant select on public.session, public.session_log to todo_app")
+def test_allowlisted_better_auth_tables_are_not_guarded(conn: Conn) -> None:
+    conn.execute('create table public.session (id text primary key, "userId" text not null)')
+    conn.execute("create table public.session_log (id text primary key)")
+    conn.execute("grant select on public.session, public.session_log to todo_app")
     # Positive control: the unlisted look-alike is reported; the allowlisted name is not.
-    assert {table for table, _ in rls_offenders(admin)} == {"session_log"}
+    assert {table for table, _ in rls_offenders(conn)} == {"session_log"}
 
 
 def test_what_the_app_role_can_reach_is_guarded_in_any_schema_and_nothing_else(
-    admin: psycopg.Connection[Any],
+    conn: Conn,
 ) -> None:
-    admin.execute("create schema scratch_other")
-    admin.execute("create table scratch_other.lookup (code text primary key)")
-    admin.execute("create table public.scratch_internal (code text primary key)")
-    admin.execute("create table public.alembic_version (version_num varchar(32) primary key)")
+    conn.execute("create schema scratch_other")
+    conn.execute("create table scratch_other.lookup (code text primary key)")
+    conn.execute("create table public.scratch_internal (code text primary key)")
+    conn.execute("create table public.alembic_version (version_num varchar(32) primary key)")
     # No user_id and nothing granted: out of the app role's reach, so no business of the guard.
-    assert rls_offenders(admin) == []
-    admin.execute("grant usage on schema scratch_other to todo_app")
-    admin.execute("grant select on scratch_other.lookup to todo_app")
-    admin.execute("grant select on public.scratch_internal to public")  # PUBLIC counts
-    admin.execute("grant select on public.alembic_version to todo_app")
-    reached = {table for table, _ in rls_offenders(admin)}
+    assert rls_offenders(conn) == []
+    conn.execute("grant usage on schema scratch_other to todo_app")
+    conn.execute("grant select on scratch_other.lookup to todo_app")
+    conn.execute("grant select on public.scratch_internal to public")  # PUBLIC counts
+    conn.execute("grant select on public.alembic_version to todo_app")
+    reached = {table for table, _ in rls_offenders(conn)}
     assert reached == {"scratch_other.lookup", "scratch_internal", "alembic_version"}
 
 
@@ -309,6 +304,15 @@ def docs_recipe() -> ModuleType:
     return module
 
 
+@pytest.fixture
+def committing_connection(pg_server: PgServer, dbname: str) -> Iterator[Connection]:
+    """A SQLAlchemy connection of its own to this test's database, for a migration that commits."""
+    engine = create_engine(pg_server.url(dbname), poolclass=pool.NullPool)
+    with engine.connect() as connection:
+        yield connection
+    engine.dispose()
+
+
 def run_recipe(connection: Connection, step: str) -> None:
     """Run the recipe's upgrade or downgrade with a real Alembic op, and commit."""
     with Operations.context(MigrationContext.configure(connection)):
@@ -318,19 +322,20 @@ def run_recipe(connection: Connection, step: str) -> None:
 
 def test_the_docs_recipe_makes_a_table_the_guard_the_check_and_the_plugin_accept(
     admin: psycopg.Connection[Any],
-    migration_connection: Connection,
+    committing_connection: Connection,
     pg_server: PgServer,
     dbname: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     before = snapshot(admin)
-    run_recipe(migration_connection, "upgrade")
+    run_recipe(committing_connection, "upgrade")
     assert "note" in guarded_tables(admin)  # positive control: the recipe's table is in scope
     assert rls_offenders(admin) == []
     app_url = url_as(pg_server, dbname, APP_LOGIN)
     assert main(["check", "--url", app_url, "--login-role", APP_LOGIN]) == 0, capsys.readouterr()
     assert_owner_isolated(admin, app_url, "note", {"body": "hello"})
-    run_recipe(migration_connection, "downgrade")
+    # The undo, which the shared database's fingerprint check (fix_shared) also holds it to.
+    run_recipe(committing_connection, "downgrade")
     assert snapshot(admin) == before
 
 
@@ -340,14 +345,14 @@ def test_the_docs_recipe_makes_a_table_the_guard_the_check_and_the_plugin_accept
 
 
 def test_disable_owner_rls_restores_the_table_exactly_as_it_was(
-    admin: psycopg.Connection[Any], migration_connection: Connection
+    conn: Conn, migration_connection: Connection
 ) -> None:
-    admin.execute(NOTE)
-    before = snapshot(admin)
+    conn.execute(NOTE)
+    before = snapshot(conn)
     run_op(migration_connection, enable_owner_rls, SCRATCH, index=True)
-    assert snapshot(admin) != before  # positive control
+    assert snapshot(conn) != before  # positive control
     run_op(migration_connection, disable_owner_rls, SCRATCH, index=True)
-    assert snapshot(admin) == before
+    assert snapshot(conn) == before
 
 
 @pytest.mark.parametrize(
@@ -359,43 +364,41 @@ def test_disable_owner_rls_restores_the_table_exactly_as_it_was(
     ],
 )
 def test_enable_owner_rls_refuses_a_table_without_an_owner_column_and_changes_nothing(
-    ddl: str, missing: str, admin: psycopg.Connection[Any], migration_connection: Connection
+    ddl: str, missing: str, conn: Conn, migration_connection: Connection
 ) -> None:
-    admin.execute(ddl)
-    before = snapshot(admin)
-    with pytest.raises(Exception, match=f"lacks column.*: {missing}") as raised:
+    conn.execute(ddl)
+    before = snapshot(conn)
+    # In a savepoint: the failed op rolls back to it, as a migration's transaction would.
+    with pytest.raises(Exception, match=f"lacks column.*: {missing}") as raised, conn.transaction():
         run_op(migration_connection, enable_owner_rls, SCRATCH, index=True)
     assert isinstance(getattr(raised.value, "orig", None), psycopg.errors.RaiseException)
-    migration_connection.rollback()
-    assert snapshot(admin) == before
+    assert snapshot(conn) == before
 
 
 def test_enable_owner_rls_refuses_a_case_insensitive_owner_column_naming_the_fix(
-    admin: psycopg.Connection[Any], migration_connection: Connection
+    conn: Conn, migration_connection: Connection
 ) -> None:
-    admin.execute(
+    conn.execute(
         "create collation public.ci (provider = icu, locale = 'und-u-ks-level2',"
         " deterministic = false)"
     )
-    admin.execute(
+    conn.execute(
         "create table public.scratch_note (user_id text collate public.ci"
         ' references public."user" (id), updated_at timestamptz)'
     )
-    before = snapshot(admin)
-    with pytest.raises(
-        Exception, match=r"user_id of public\.scratch_note has a nondeterministic"
-    ) as raised:
+    before = snapshot(conn)
+    message = r"user_id of public\.scratch_note has a nondeterministic"
+    with pytest.raises(Exception, match=message) as raised, conn.transaction():  # as above
         run_op(migration_connection, enable_owner_rls, SCRATCH, index=True)
     error = getattr(raised.value, "orig", None)
     assert isinstance(error, psycopg.errors.RaiseException)
     fix = 'alter table public.scratch_note alter column user_id type text collate "default";'
     assert error.diag.message_hint is not None and fix in error.diag.message_hint
-    migration_connection.rollback()
-    assert snapshot(admin) == before  # nothing half-written
+    assert snapshot(conn) == before  # nothing half-written
     # The fix it names works, and then the helper protects the table.
-    admin.execute(fix)
+    conn.execute(fix)
     run_op(migration_connection, enable_owner_rls, SCRATCH, index=True)
-    assert rls_offenders(admin) == []
+    assert rls_offenders(conn) == []
 
 
 def user_id_indexes(conn: psycopg.Connection[Any], table: str = SCRATCH) -> list[str]:
@@ -410,15 +413,15 @@ def user_id_indexes(conn: psycopg.Connection[Any], table: str = SCRATCH) -> list
 
 
 def test_index_true_creates_an_index_on_user_id_and_disable_drops_it(
-    admin: psycopg.Connection[Any], migration_connection: Connection
+    conn: Conn, migration_connection: Connection
 ) -> None:
-    admin.execute(NOTE)
-    assert user_id_indexes(admin) == []  # positive control: the table has none of its own
+    conn.execute(NOTE)
+    assert user_id_indexes(conn) == []  # positive control: the table has none of its own
     run_op(migration_connection, enable_owner_rls, SCRATCH, index=True)
-    assert user_id_indexes(admin) == ["ix_scratch_note_user_id"]
-    assert rls_offenders(admin) == []
+    assert user_id_indexes(conn) == ["ix_scratch_note_user_id"]
+    assert rls_offenders(conn) == []
     run_op(migration_connection, disable_owner_rls, SCRATCH, index=True)
-    assert user_id_indexes(admin) == []
+    assert user_id_indexes(conn) == []
 
 
 @pytest.mark.parametrize(
@@ -432,28 +435,28 @@ def test_index_true_creates_an_index_on_user_id_and_disable_drops_it(
     ids=["leading-index", "leading-unique", "user-id-second", "partial"],
 )
 def test_index_true_keeps_an_index_that_leads_with_user_id_and_disable_leaves_it(
-    existing: str, counts: bool, admin: psycopg.Connection[Any], migration_connection: Connection
+    existing: str, counts: bool, conn: Conn, migration_connection: Connection
 ) -> None:
-    admin.execute(NOTE)
-    admin.execute(existing)
-    before = user_id_indexes(admin)
+    conn.execute(NOTE)
+    conn.execute(existing)
+    before = user_id_indexes(conn)
     run_op(migration_connection, enable_owner_rls, SCRATCH, index=True)
-    created = sorted(set(user_id_indexes(admin)) - set(before))
+    created = sorted(set(user_id_indexes(conn)) - set(before))
     # Only a whole (non-partial) index whose first column is user_id serves every policy.
     assert created == ([] if counts else ["ix_scratch_note_user_id"])
     run_op(migration_connection, disable_owner_rls, SCRATCH, index=True)
-    assert user_id_indexes(admin) == before
+    assert user_id_indexes(conn) == before
 
 
 def test_disable_drops_only_the_index_enable_created_not_one_of_the_same_name(
-    admin: psycopg.Connection[Any], migration_connection: Connection
+    conn: Conn, migration_connection: Connection
 ) -> None:
-    admin.execute(NOTE)
+    conn.execute(NOTE)
     # The app's own index, named as the helper would name it, made before the helper ran.
-    admin.execute("create index ix_scratch_note_user_id on scratch_note (user_id, body)")
+    conn.execute("create index ix_scratch_note_user_id on scratch_note (user_id, body)")
     run_op(migration_connection, enable_owner_rls, SCRATCH, index=True)
     run_op(migration_connection, disable_owner_rls, SCRATCH, index=True)
-    assert user_id_indexes(admin) == ["ix_scratch_note_user_id"]
+    assert user_id_indexes(conn) == ["ix_scratch_note_user_id"]
 
 
 def test_the_index_only_appends_to_what_the_helper_emits() -> None:
@@ -483,16 +486,16 @@ def test_no_user_id_statistics_only_adds_to_what_the_helper_emits() -> None:
 
 
 def test_enable_owner_rls_without_trigger_accepts_a_table_without_updated_at(
-    admin: psycopg.Connection[Any], migration_connection: Connection
+    conn: Conn, migration_connection: Connection
 ) -> None:
-    admin.execute('create table public.scratch_note (user_id text references public."user" (id))')
+    conn.execute('create table public.scratch_note (user_id text references public."user" (id))')
     run_op(migration_connection, enable_owner_rls, SCRATCH, updated_at=False, index=True)
-    assert rls_offenders(admin) == []
+    assert rls_offenders(conn) == []
     triggers = (
         "select count(*) from pg_trigger"
         " where tgrelid = 'scratch_note'::regclass and not tgisinternal"
     )
-    assert admin.execute(triggers).fetchone() == (0,)
+    assert conn.execute(triggers).fetchone() == (0,)
 
 
 @pytest.mark.parametrize(
