@@ -1,39 +1,35 @@
 """`todo-rls check` STAT001: an owned table whose user_id keeps planner statistics (ADR 0011).
 
 The migrated schema has none; each way of getting them back is found, and each fix clears it.
+Each case does it in one transaction on the shared database, ANALYZE and Alembic op included,
+and audits it there as the CLI would; the transaction is rolled back after it (fix_rolled).
 """
 
-import json
 import secrets
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from alembic.migration import MigrationContext
-from alembic.operations import Operations
 from psycopg import sql
-from sqlalchemy import create_engine, pool
+from sqlalchemy import Connection
 
 import todo_rls.migrate
-from todo_rls.cli import main
 from todo_rls.demo import BETTER_AUTH_USER_DDL
 from todo_rls.owner_rls import enable_owner_rls
 
-from fix_db import APP_LOGIN, create_user, run_role_name, url_as
+from fix_db import APP_LOGIN, create_user, run_role_name
+from fix_rolled import Rolled, run_op
 from fix_server import PgServer
-
-# Every test changes a table's statistics, its column type or its policies.
-pytestmark = pytest.mark.own_database
 
 Found = list[tuple[str, str]]
 STAT = "STAT001"
 
 
-def stat_findings(capsys: pytest.CaptureFixture[str], url: str) -> Found:
-    """(rule, object) of every STAT001 finding of `todo-rls check` at url."""
-    main(["check", "--url", url, "--json", "--login-role", APP_LOGIN])
-    report = json.loads(capsys.readouterr().out)
+def stat_findings(db: Rolled, login: str | None = APP_LOGIN) -> Found:
+    """(rule, object) of every STAT001 finding of `todo-rls check` over db's transaction, as
+    login (None: the superuser)."""
+    _, report = db.check(login=login)
     return [(f["rule"], f["object"]) for f in report["findings"] if f["rule"] == STAT]
 
 
@@ -50,8 +46,9 @@ def user_id_statistics_rows(admin: psycopg.Connection[Any], table: str) -> int:
 
 
 @pytest.fixture
-def analyzed_task(admin: psycopg.Connection[Any]) -> None:
-    """task holds rows of two users and has been analyzed."""
+def analyzed_task(db: Rolled) -> None:
+    """task holds rows of two users and has been analyzed (in db's transaction)."""
+    admin = db.conn
     for user in (create_user(admin), create_user(admin)):
         admin.execute(
             "insert into task (user_id, title) select %s, 't' from generate_series(1, 50)",
@@ -62,20 +59,15 @@ def analyzed_task(admin: psycopg.Connection[Any]) -> None:
 
 @pytest.mark.parametrize("as_app", [True, False], ids=["as-app-login", "as-superuser"])
 def test_a_user_id_that_keeps_statistics_is_found_and_the_fix_clears_it(
-    as_app: bool,
-    capsys: pytest.CaptureFixture[str],
-    pg_server: PgServer,
-    dbname: str,
-    admin: psycopg.Connection[Any],
-    analyzed_task: None,
+    as_app: bool, db: Rolled, analyzed_task: None
 ) -> None:
-    url = url_as(pg_server, dbname, APP_LOGIN if as_app else None)
-    assert stat_findings(capsys, url) == []  # the migrated schema keeps none
+    admin, login = db.conn, APP_LOGIN if as_app else None
+    assert stat_findings(db, login) == []  # the migrated schema keeps none
     assert user_id_statistics_rows(admin, "task") == 0  # even after ANALYZE
     admin.execute("alter table task alter column user_id set statistics -1")
     admin.execute("analyze task")
     assert user_id_statistics_rows(admin, "task") == 1  # control: now it keeps some
-    assert stat_findings(capsys, url) == [(STAT, "public.task")]
+    assert stat_findings(db, login) == [(STAT, "public.task")]
     # The fix the finding names, in one transaction: target 0, then the retype, with the
     # policies dropped and re-created around it.
     policies = task_policies(admin)
@@ -83,7 +75,7 @@ def test_a_user_id_that_keeps_statistics_is_found_and_the_fix_clears_it(
         admin.execute("alter table task alter column user_id set statistics 0")
         fix_by_retyping(admin, "task")
     assert user_id_statistics_rows(admin, "task") == 0
-    assert stat_findings(capsys, url) == []
+    assert stat_findings(db, login) == []
     assert task_policies(admin) == policies
 
 
@@ -114,21 +106,18 @@ def fix_by_retyping(admin: psycopg.Connection[Any], table: str) -> None:
 
 
 def test_statistics_analyze_kept_before_the_target_became_0_are_found_by_a_superuser(
-    capsys: pytest.CaptureFixture[str],
-    pg_server: PgServer,
-    dbname: str,
-    admin: psycopg.Connection[Any],
-    analyzed_task: None,
+    db: Rolled, analyzed_task: None
 ) -> None:
+    admin = db.conn
     admin.execute("alter table task alter column user_id set statistics -1")
     admin.execute("analyze task")
     admin.execute("alter table task alter column user_id set statistics 0")
     admin.execute("analyze task")
     # What revision 9a4c6e8b2d10 works around: ANALYZE keeps what it had for a target-0 column.
     assert user_id_statistics_rows(admin, "task") == 1
-    assert stat_findings(capsys, url_as(pg_server, dbname)) == [(STAT, "public.task")]
+    assert stat_findings(db, login=None) == [(STAT, "public.task")]
     # The app's login cannot read pg_statistic: it sees the target, which is 0.
-    assert stat_findings(capsys, url_as(pg_server, dbname, APP_LOGIN)) == []
+    assert stat_findings(db) == []
 
 
 NOTE = (
@@ -140,13 +129,10 @@ NOTE = (
 
 @pytest.mark.parametrize("keep", [False, True], ids=["default", "user_id_statistics=True"])
 def test_enable_owner_rls_leaves_user_id_without_statistics_unless_asked(
-    keep: bool,
-    capsys: pytest.CaptureFixture[str],
-    pg_server: PgServer,
-    dbname: str,
-    admin: psycopg.Connection[Any],
+    keep: bool, db: Rolled, migration_connection: Connection
 ) -> None:
     # An existing table with rows and statistics, protected in a later migration.
+    admin = db.conn
     admin.execute(NOTE)
     for user in (create_user(admin), create_user(admin)):
         admin.execute(
@@ -155,17 +141,10 @@ def test_enable_owner_rls_leaves_user_id_without_statistics_unless_asked(
         )
     admin.execute("analyze scratch_note")
     assert user_id_statistics_rows(admin, "scratch_note") == 1  # control
-    engine = create_engine(pg_server.url(dbname), poolclass=pool.NullPool)
-    try:
-        with engine.connect() as connection:
-            op = Operations(MigrationContext.configure(connection))
-            enable_owner_rls(op, "scratch_note", user_id_statistics=keep)
-            connection.commit()
-    finally:
-        engine.dispose()
+    run_op(migration_connection, enable_owner_rls, "scratch_note", user_id_statistics=keep)
     admin.execute("analyze scratch_note")
     assert user_id_statistics_rows(admin, "scratch_note") == (1 if keep else 0)
-    found = stat_findings(capsys, url_as(pg_server, dbname, APP_LOGIN))
+    found = stat_findings(db)
     assert found == ([(STAT, "public.scratch_note")] if keep else [])
 
 
