@@ -249,6 +249,53 @@ def test_a_table_without_primary_key_is_named(
         assert_owner_isolated(rls_admin, rls_app_url, "memo", NOTE)
 
 
+# --- how the probes run: their errors -----------------------------------------------------
+
+# Raises errcode on an app-role insert of a row not claiming app.user_id: the attackers'
+# inserts and upserts raise it, the controls (each inserting its own row) do not, nor does the
+# superuser that makes the owner's row.
+RAISING_TRIGGER = """
+create function memo_raise() returns trigger language plpgsql as $$
+begin
+  if current_setting('is_superuser') = 'off'
+     and new.user_id is distinct from nullif(current_setting('app.user_id', true), '') then
+    raise exception 'memo_raise' using errcode = '{errcode}';
+  end if;
+  return new;
+end $$;
+create trigger memo_raise before insert on memo for each row execute function memo_raise();
+"""
+
+
+@pytest.mark.parametrize("errcode", ["42501", "28000"])
+def test_a_statement_refused_with_a_refusal_code_is_a_refusal(
+    errcode: str, note: str, rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    rls_admin.execute(RAISING_TRIGGER.format(errcode=errcode))
+    rls_assert_owner_isolated(note, NOTE)
+
+
+@pytest.mark.parametrize("errcode", ["P0001", "22012", "23505"])
+def test_any_other_error_of_the_statement_is_raised_not_taken_for_a_refusal(
+    errcode: str, note: str, rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    rls_admin.execute(RAISING_TRIGGER.format(errcode=errcode))
+    with pytest.raises(psycopg.Error, match="memo_raise") as raised:
+        rls_assert_owner_isolated(note, NOTE)
+    assert raised.value.sqlstate == errcode
+
+
+def test_the_role_checks_own_42501_is_raised_never_taken_for_a_refusal(
+    rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    # The role check is what fails first (to_regclass: permission denied for the schema),
+    # with the code of a refusal; taken for one, it would fail the positive control instead.
+    rls_admin.execute("create schema hidden; " + NOTE_DDL.replace("public.memo", "hidden.memo"))
+    rls_admin.execute("revoke all on schema hidden from public")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="schema hidden"):
+        rls_assert_owner_isolated("hidden.memo", NOTE)
+
+
 # --- the project's own tables ------------------------------------------------------------
 
 
