@@ -5,6 +5,8 @@ import re
 import socket
 import textwrap
 import uuid
+from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -12,7 +14,7 @@ import pytest
 from sqlalchemy import text
 
 from todo_rls.owner_rls import FORGEABLE_OWNER_MATCHES, OWNER_MATCHES
-from todo_rls.testing import LoginRole, assert_owner_isolated, create_user
+from todo_rls.testing import LoginRole, assert_owner_isolated, create_user, isolation
 from todo_rls.testing.database import LOGIN_ROLE_PREFIX, is_local_host
 
 from fix_server import PgServer
@@ -247,6 +249,116 @@ def test_a_table_without_primary_key_is_named(
     rls_admin.execute(NOTE_DDL + "alter table memo drop constraint memo_pkey;")
     with pytest.raises(AssertionError, match="memo: has no primary key"):
         assert_owner_isolated(rls_admin, rls_app_url, "memo", NOTE)
+
+
+# --- how the probes run: their errors, the pipeline, the round trips ----------------------
+
+# Raises errcode on an app-role insert of a row not claiming app.user_id: the attackers'
+# inserts and upserts raise it, the controls (each inserting its own row) do not, nor does the
+# superuser that makes the owner's row.
+RAISING_TRIGGER = """
+create function memo_raise() returns trigger language plpgsql as $$
+begin
+  if current_setting('is_superuser') = 'off'
+     and new.user_id is distinct from nullif(current_setting('app.user_id', true), '') then
+    raise exception 'memo_raise' using errcode = '{errcode}';
+  end if;
+  return new;
+end $$;
+create trigger memo_raise before insert on memo for each row execute function memo_raise();
+"""
+
+
+@pytest.mark.parametrize("errcode", ["42501", "28000"])
+def test_a_statement_refused_with_a_refusal_code_is_a_refusal(
+    errcode: str, note: str, rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    rls_admin.execute(RAISING_TRIGGER.format(errcode=errcode))
+    rls_assert_owner_isolated(note, NOTE)
+
+
+@pytest.mark.parametrize("errcode", ["P0001", "22012", "23505"])
+def test_any_other_error_of_the_statement_is_raised_not_taken_for_a_refusal(
+    errcode: str, note: str, rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    rls_admin.execute(RAISING_TRIGGER.format(errcode=errcode))
+    with pytest.raises(psycopg.Error, match="memo_raise") as raised:
+        rls_assert_owner_isolated(note, NOTE)
+    assert raised.value.sqlstate == errcode
+
+
+def test_the_role_checks_own_42501_is_raised_never_taken_for_a_refusal(
+    rls_admin: psycopg.Connection[Any], rls_assert_owner_isolated: Any
+) -> None:
+    # The role check is what fails first (to_regclass: permission denied for the schema),
+    # with the code of a refusal; taken for one, it would fail the positive control instead.
+    rls_admin.execute("create schema hidden; " + NOTE_DDL.replace("public.memo", "hidden.memo"))
+    rls_admin.execute("revoke all on schema hidden from public")
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="schema hidden"):
+        rls_assert_owner_isolated("hidden.memo", NOTE)
+
+
+def test_probes_reach_the_same_with_and_without_pipeline_mode(
+    note: str,
+    rls_admin: psycopg.Connection[Any],
+    rls_assert_owner_isolated: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Without libpq's pipeline mode (libpq < 14) each statement of a probe is a round trip.
+    # Weakened, so that some probes reach rows, some are refused and some reach none.
+    rls_admin.execute(WEAKENINGS["select policy using (true)"][0])
+    rls_admin.execute(WEAKENINGS["update policy without a real check"][0])
+    rls_admin.execute(RAISING_TRIGGER.format(errcode="42501"))
+    seen: dict[bool, list[tuple[str, int | None]]] = {True: [], False: []}
+    reached = isolation._Matrix.reached
+
+    def spy(m: Any, conn: Any, user_id: Any, statement: Any, *args: Any) -> int | None:
+        result = reached(m, conn, user_id, statement, *args)
+        # The statement's text: its parameters carry the run's random ids.
+        seen[isolation.PIPELINE].append((statement.query.as_string(conn), result))
+        return result
+
+    def unsupported(*_: Any) -> None:
+        raise psycopg.NotSupportedError("libpq < 14: no pipeline mode")
+
+    monkeypatch.setattr(isolation._Matrix, "reached", spy)
+    for pipeline in seen:
+        monkeypatch.setattr(isolation, "PIPELINE", pipeline)
+        if not pipeline:  # as with libpq < 14, where it raises
+            monkeypatch.setattr(psycopg.Connection, "pipeline", unsupported)
+        rls_admin.execute("delete from memo")  # the same rows for both runs to reach
+        with pytest.raises(AssertionError, match="memo is not owner-isolated"):
+            rls_assert_owner_isolated(note, NOTE)
+    assert {result for _, result in seen[True]} == {None, 0, 1}
+    assert seen[True] == seen[False]
+
+
+def test_a_probe_costs_one_round_trip_and_its_rollback(
+    note: str, rls_assert_owner_isolated: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # libpq's trace of every connection the matrix opens. Each Sync or simple Query the client
+    # sends is a wait for the server's ReadyForQuery: a round trip.
+    connect = psycopg.connect
+    with ExitStack() as files:
+
+        def traced_connect(*args: Any, **kwargs: Any) -> psycopg.Connection[Any]:
+            conn = connect(*args, **kwargs)
+            trace = files.enter_context((tmp_path / str(uuid.uuid4())).open("wb"))
+            conn.pgconn.trace(trace.fileno())
+            conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)  # after trace()
+            return conn
+
+        monkeypatch.setattr(psycopg, "connect", traced_connect)
+        rls_assert_owner_isolated(note, NOTE)
+    waits = sum(
+        len(re.findall(r"^F\t\d+\t(?:Sync|Query)\b", path.read_text(), flags=re.MULTILINE))
+        for path in tmp_path.iterdir()
+    )
+    # memo's 10 commands, each for its control and every actor, and the owner's give-away: one
+    # pipeline and a ROLLBACK each, COPY (once per command's probe) one more; the reused
+    # connection's scoping (BEGIN, scope, COMMIT) 3. Before the pipeline: 869.
+    probes = 10 * (len(isolation.ACTORS) + 1) + 1
+    assert waits == 2 * probes + (len(isolation.ACTORS) + 1) + 3
 
 
 # --- the project's own tables ------------------------------------------------------------

@@ -17,10 +17,14 @@ and a user with a row of its own here (the "mover") updates that row to point at
 foreign key that carries the owner column, (parent_id, user_id) -> parent(id, user_id), or
 insert and update policies that both check the parent, refuse both (23503 or 42501); a
 single-column key alone lets the attacker probe and attach to others' rows.
+
+Each probe costs one round trip and its ROLLBACK: BEGIN, the role check, the scope and the
+statement go as one psycopg pipeline (COPY, which a pipeline cannot carry, follows it). Only the
+statement's own errors can be refusals; an error of the others is raised, whatever its code.
 """
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Literal
@@ -75,6 +79,9 @@ _FK_REFUSALS = (
     psycopg.errors.ForeignKeyViolation,
     _CONTEXT_REFUSED,
 )
+# Each probe is one pipeline (one round trip); without libpq's pipeline mode (libpq < 14) the
+# same statements go one after the other, a round trip each.
+PIPELINE = psycopg.Pipeline.is_supported()
 
 _ROLE_FACTS = """
 select current_user::text, r.rolsuper, r.rolbypassrls,
@@ -410,8 +417,8 @@ class _Matrix:
         signed_for = self.other if actor == "forged" else user_id
         return self.signing_key.sign(signed_for, DEFAULT_CONTEXT_TTL_SECONDS)
 
-    def _check_role(self, conn: psycopg.Connection[Any]) -> None:
-        facts = conn.execute(_ROLE_FACTS, (self.regclass,)).fetchone()
+    def _check_role(self, facts: tuple[Any, ...] | None) -> None:
+        """facts: the row of _ROLE_FACTS, run in the probe's transaction."""
         assert facts is not None, f"{self.table}: the app role cannot see the table"
         role, superuser, bypassrls, owns, active = facts
         assert not (superuser or bypassrls or owns), (
@@ -432,28 +439,65 @@ class _Matrix:
         actor: str = "owner",
     ) -> int | None:
         """Rows statement reached as actor claiming user_id (None: unset) on conn, in a
-        rolled-back transaction; None if refused (one of refusals raised)."""
-        with conn.transaction(force_rollback=True):
-            self._check_role(conn)
-            if user_id is not None:
-                conn.execute(self.scope_sql, (user_id, self.signature(actor, user_id)))
+        rolled-back transaction; None if refused: the statement itself raised one of refusals.
+        An error of BEGIN, the role check or the scope is raised, whatever it is."""
+        # conn autocommits: BEGIN is a statement of the pipeline (psycopg's own BEGIN would
+        # cost a round trip of its own, see ADR 0006's history).
+        prelude: list[tuple[str, Any]] = [("begin", None), (_ROLE_FACTS, (self.regclass,))]
+        if user_id is not None:
+            prelude.append((self.scope_sql, (user_id, self.signature(actor, user_id))))
+        try:
+            return self._reached(conn, prelude, statement, refusals)
+        finally:
+            if not conn.broken:  # a broken connection's own error is the one to raise
+                conn.rollback()  # whatever happened, the probe leaves nothing behind
+
+    def _reached(
+        self,
+        conn: psycopg.Connection[Any],
+        prelude: list[tuple[str, Any]],
+        statement: _Statement,
+        refusals: tuple[type[psycopg.Error], ...],
+    ) -> int | None:
+        # One round trip for the prelude and the statement: one pipeline, one Sync. COPY
+        # cannot be pipelined: it follows the prelude's round trip.
+        pipelined = statement.kind != "copy"
+        cursors: list[psycopg.Cursor[Any]] = []
+        error: psycopg.Error | None = None
+        try:
+            with conn.pipeline() if PIPELINE else nullcontext():
+                for query, params in prelude:
+                    cursors.append(conn.execute(query, params))
+                if pipelined:
+                    cursors.append(conn.execute(statement.query, statement.params))
+        except psycopg.Error as raised:
+            if not _answered(cursors, len(prelude)):
+                raise  # BEGIN's, the role check's or the scope's: never a refusal
+            error = raised
+        self._check_role(cursors[1].fetchone())
+        if error is None and not pipelined:
             try:
-                with conn.transaction():  # a savepoint: a refusal is an answer, not an abort
-                    return _run(conn, statement)
-            except refusals:
-                return None
-            except psycopg.errors.FeatureNotSupported as error:
-                # Citus refuses any change of a row's distribution column (user_id) outright.
-                if self.owner_fixed and _CITUS_KEEPS_OWNER in str(error):
-                    return None
-                raise
+                return _copied(conn, statement)
+            except psycopg.Error as raised:
+                error = raised
+        if error is None:
+            return _counted(cursors[-1], statement.kind)
+        if isinstance(error, refusals):
+            return None
+        # Citus refuses any change of a row's distribution column (user_id) outright.
+        keeps_owner = isinstance(error, psycopg.errors.FeatureNotSupported) and (
+            _CITUS_KEEPS_OWNER in str(error)
+        )
+        if self.owner_fixed and keeps_owner:
+            return None
+        raise error
 
     @contextmanager
     def connection(self, actor: str) -> Iterator[psycopg.Connection[Any]]:
         """actor's own connection: its transactions leave nothing behind (rolled back,
         transaction-local settings), so one per actor serves every statement, and one that
         never sets app.user_id stays unset. "reused": first scoped to the owner and committed."""
-        with psycopg.connect(self.conninfo) as conn:
+        with psycopg.connect(self.conninfo, autocommit=True) as conn:
             if actor == "reused":
                 with conn.transaction():
                     conn.execute(self.scope_sql, (self.owner, self.signature("owner", self.owner)))
@@ -485,12 +529,20 @@ def _regclass_oid(admin: psycopg.Connection[Any], table: str) -> int:
     return int(found[0])
 
 
-def _run(conn: psycopg.Connection[Any], statement: _Statement) -> int:
-    if statement.kind == "copy":
-        with conn.cursor().copy(statement.query, statement.params or None) as copy:
-            return sum(bytes(block).count(b"\n") for block in copy)
-    cursor = conn.execute(statement.query, statement.params)
-    if statement.kind == "count":
+def _answered(cursors: list[psycopg.Cursor[Any]], count: int) -> bool:
+    """Whether the first count statements ran. A pipeline raises the first error at its Sync,
+    after the statements behind it were skipped: a cursor whose statement failed or was skipped
+    has no result. Without a pipeline, the failing execute() returned no cursor."""
+    return len(cursors) >= count and all(c.pgresult is not None for c in cursors[:count])
+
+
+def _copied(conn: psycopg.Connection[Any], statement: _Statement) -> int:
+    with conn.cursor().copy(statement.query, statement.params or None) as copy:
+        return sum(bytes(block).count(b"\n") for block in copy)
+
+
+def _counted(cursor: psycopg.Cursor[Any], kind: Kind) -> int:
+    if kind == "count":
         counted = cursor.fetchone()
         return int(counted[0]) if counted else 0
     return cursor.rowcount
