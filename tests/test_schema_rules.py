@@ -345,7 +345,7 @@ def test_message_into_another_users_conversation_fails_like_one_into_a_missing_c
 # Its own database: the plan depends on VACUUM setting the visibility map, which any open
 # transaction in the same database keeps it from doing, and on the table's size and statistics
 # (an ANALYZE in another test's rolled-back transaction still leaves its page and row counts).
-# On the shared database it chose a plain Index Scan once in CI-like runs.
+# On the shared database it chose a plain Index Scan once in a full run.
 @pytest.mark.own_database
 def test_open_task_count_is_an_index_only_scan(
     app_engine: Engine, admin: psycopg.Connection[Any], alice: str
