@@ -127,10 +127,14 @@ NOTE = (
 )
 
 
-@pytest.mark.parametrize("keep", [False, True], ids=["default", "user_id_statistics=True"])
+# The default is called without the argument: a default that kept statistics must fail here.
+@pytest.mark.parametrize(
+    "options", [{}, {"user_id_statistics": True}], ids=["default", "user_id_statistics=True"]
+)
 def test_enable_owner_rls_leaves_user_id_without_statistics_unless_asked(
-    keep: bool, db: Rolled, migration_connection: Connection
+    options: dict[str, bool], db: Rolled, migration_connection: Connection
 ) -> None:
+    keep = bool(options)
     # An existing table with rows and statistics, protected in a later migration.
     admin = db.conn
     admin.execute(NOTE)
@@ -141,7 +145,7 @@ def test_enable_owner_rls_leaves_user_id_without_statistics_unless_asked(
         )
     admin.execute("analyze scratch_note")
     assert user_id_statistics_rows(admin, "scratch_note") == 1  # control
-    run_op(migration_connection, enable_owner_rls, "scratch_note", user_id_statistics=keep)
+    run_op(migration_connection, enable_owner_rls, "scratch_note", **options)
     admin.execute("analyze scratch_note")
     assert user_id_statistics_rows(admin, "scratch_note") == (1 if keep else 0)
     found = stat_findings(db)
