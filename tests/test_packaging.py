@@ -26,7 +26,9 @@ from catalog import OUR_TABLES
 from fix_server import PgServer
 
 # Builds a wheel and installs it into a fresh environment.
-pytestmark = pytest.mark.slow
+# One xdist worker for the module: the wheel (an isolated pip build, ~3 s) is built once, not
+# once by each worker its tests are spread over.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("packaging")]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SOURCES = ("pyproject.toml", "README.md", "src", "migrations")
