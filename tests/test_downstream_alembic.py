@@ -27,6 +27,9 @@ from fix_db import APP_LOGIN, url_as
 from fix_server import PgServer
 
 ALEMBIC = Path(sys.executable).with_name("alembic")
+# One xdist worker for the module: the app's project (three alembic interpreter starts) is made
+# once, not once by each worker its tests are spread over.
+pytestmark = pytest.mark.xdist_group("downstream_alembic")
 # The bodies appended to what `alembic revision` generated (the later def wins).
 FEATURE_FLAGS = """
 
