@@ -705,11 +705,14 @@ def test_a_downstream_project_tests_its_own_migrations(
 
 
 def test_the_plugin_is_opt_in(pytester: pytest.Pytester) -> None:
-    # A project that installs todo-rls gets nothing in its pytest runs until it asks.
-    plain = pytester.runpytest_subprocess("--help")
+    # A project that installs todo-rls gets nothing in its pytest runs until it asks. In this
+    # process: a run reads the installed entry points (pytest11) afresh, in a project of its
+    # own (pytester's folder, not this repository's pyproject and its -p todo_rls.testing).
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    plain = pytester.runpytest_inprocess("--help")
     assert plain.ret == 0
     assert "--rls-server-url" not in plain.stdout.str()
-    opted_in = pytester.runpytest_subprocess("-p", "todo_rls.testing", "--help")
+    opted_in = pytester.runpytest_inprocess("-p", "todo_rls.testing", "--help")
     assert opted_in.ret == 0
     opted_in.stdout.fnmatch_lines(["*--rls-server-url*"])  # positive control
 
