@@ -92,23 +92,31 @@ def test_the_plugin_runs_its_matrix_on_a_citus_cluster(
     pytester.makepyfile(test_inner=INNER)
     url = citus_cluster.coordinator.url("postgres").render_as_string(hide_password=False)
     before = databases(citus_cluster)
-    result = pytester.runpytest_subprocess(
+    # In this process (no interpreter start): the plugin's names carry this process's pid.
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    result = pytester.runpytest_inprocess(
         "-p", "todo_rls.testing", "--rls-server-url", url, "--rls-citus", "-p", "no:cacheprovider"
     )
     result.assert_outcomes(passed=2)
     # Every database and role the plugin made was dropped, on every node. (Other runs may
-    # make theirs meanwhile: what is new and named after a process that ended is a leak.)
+    # make theirs meanwhile: what is new and named after this process, or after a process
+    # that ended, is a leak.)
     left = [
-        {name for name in now - then if not alive(name)}
+        {name for name in now - then if pid_of(name) == os.getpid() or not alive(name)}
         for now, then in zip(databases(citus_cluster), before, strict=True)
     ]
     assert left == [set()] * len(citus_cluster.nodes)
 
 
+def pid_of(name: str) -> int:
+    """The process id a database or role name carries (<prefix>_<pid>_<hex>)."""
+    return int(name.rsplit("_", 2)[1])
+
+
 def alive(name: str) -> bool:
-    """Whether the process a database or role name carries (<prefix>_<pid>_<hex>) runs."""
+    """Whether the process a database or role name carries runs."""
     try:
-        os.kill(int(name.rsplit("_", 2)[1]), 0)
+        os.kill(pid_of(name), 0)
     except ProcessLookupError:
         return False
     return True
