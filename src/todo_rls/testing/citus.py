@@ -26,7 +26,10 @@ from todo_rls.testing.database import Server
 # costs, and routing, co-location and policies work the same with four.
 TEST_SHARD_COUNT = 4
 DATABASE_PREFIX = "todo_rls_citus"
-_DROP_ATTEMPTS = 10
+# A worker keeps the connections of a coordinator backend that DROP ... FORCE ended for a
+# moment: the drop is tried again every _DROP_POLL_SECONDS, for _DROP_WAIT_SECONDS at most.
+_DROP_POLL_SECONDS = 0.05
+_DROP_WAIT_SECONDS = 10.0
 
 _NODES = """
 select groupid, nodename::text, nodeport from pg_catalog.pg_dist_node
@@ -109,7 +112,8 @@ class CitusCluster:
         drop = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
         with self.coordinator.connect("postgres", autocommit=True) as conn:
             conn.execute("set citus.enable_create_database_propagation = on")
-            for attempt in range(_DROP_ATTEMPTS):
+            deadline = time.monotonic() + _DROP_WAIT_SECONDS
+            while True:
                 try:
                     conn.execute(drop)
                     break
@@ -119,9 +123,9 @@ class CitusCluster:
                 except psycopg.errors.ObjectInUse:
                     # A worker still has the connections of a coordinator backend that FORCE
                     # just ended: they close a moment later.
-                    if attempt == _DROP_ATTEMPTS - 1:
+                    if time.monotonic() > deadline:
                         raise
-                    time.sleep(0.2 * (attempt + 1))
+                    time.sleep(_DROP_POLL_SECONDS)
         for server in self.nodes[1:]:
             with server.connect("postgres", autocommit=True) as conn:
                 conn.execute(drop)
