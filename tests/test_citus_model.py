@@ -30,7 +30,7 @@ from todo_rls import Conversation, EngineSettings, Task, scoped_session
 from todo_rls.owned_rows import update_owned
 from todo_rls.testing.citus import CitusCluster
 
-from fix_citus import CitusApp, migrated_app
+from fix_citus import migrated_app
 from fix_db import create_user, new_user_id
 
 pytestmark = pytest.mark.citus
@@ -104,13 +104,8 @@ def citus_machine_for(world: World) -> type[CitusDalMachine]:
 def world(citus_cluster: CitusCluster) -> Iterator[World]:
     """The model's world on a Citus database of this module's (the hostile user ids are fixed
     names; every walk starts from empty tables, as the machine's teardown leaves them)."""
-    with migrated_app(citus_cluster) as app:
-        yield from world_on(app)
-
-
-def world_on(app: CitusApp) -> Iterator[World]:
-    engine = todo_rls.create_engine(app.url(), EngineSettings(pool_size=2, max_overflow=0))
-    with app.admin() as admin:
+    with migrated_app(citus_cluster) as app, app.admin() as admin:
+        engine = todo_rls.create_engine(app.url(), EngineSettings(pool_size=2, max_overflow=0))
         users = (new_user_id(), new_user_id(), *HOSTILE_USER_IDS)
         for user in users:
             create_user(admin, user)
