@@ -169,13 +169,6 @@ def connect_app(pg_server: PgServer, dbname: str) -> Iterator[AppConnector]:
     connector.close_all()
 
 
-@pytest.fixture(scope="module")
-def module_dbname(pg_server: PgServer, migrated_server: Any) -> Iterator[str]:
-    """A migrated database shared by one test module; its tests must not change it."""
-    with pg_server.scratch_database(template=migrated_server.template_dbname) as name:
-        yield name
-
-
 @pytest.fixture
 def app_engine(app_url: str) -> Iterator[Engine]:
     """The library's engine, logged in as the application role."""
