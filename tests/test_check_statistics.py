@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from sqlalchemy import Connection
+from test_rls_guard import NOTE
 
 import todo_rls.migrate
 from todo_rls.demo import BETTER_AUTH_USER_DDL
@@ -118,13 +119,6 @@ def test_statistics_analyze_kept_before_the_target_became_0_are_found_by_a_super
     assert stat_findings(db, login=None) == [(STAT, "public.task")]
     # The app's login cannot read pg_statistic: it sees the target, which is 0.
     assert stat_findings(db) == []
-
-
-NOTE = (
-    "create table public.scratch_note (id uuid primary key default gen_random_uuid(),"
-    ' user_id text not null references public."user" (id) on delete cascade,'
-    " body text not null, updated_at timestamptz not null default now())"
-)
 
 
 # The default is called without the argument: a default that kept statistics must fail here.
