@@ -19,6 +19,7 @@ from todo_rls.migrate import (
     migration_url,
     require_owner,
     require_same_users_table,
+    serialize_on_citus,
 )
 from todo_rls.models import include_object, metadata
 from todo_rls.users_table import CONTEXT_OPTION, from_environment
@@ -49,16 +50,20 @@ def run_migrations(connection: Connection | None) -> None:
     else:
         context.configure(connection=connection, **options)
     with context.begin_transaction():
+        if connection is not None:
+            # Not the owner (the pooled app role, say): stop before anything is written.
+            require_owner(connection)
+            # A database whose tables reference another users table must keep it.
+            require_same_users_table(connection, users_table)
+            # On Citus, wait for another database's migration on the cluster: before the lock
+            # timeout below, which is for live traffic, not for that.
+            serialize_on_citus(connection)
         context.execute(
             text("select pg_catalog.set_config('lock_timeout', :timeout, true)").bindparams(
                 timeout=LOCK_TIMEOUT
             )
         )
         if connection is not None:
-            # Not the owner (the pooled app role, say): stop before anything is written.
-            require_owner(connection)
-            # A database whose tables reference another users table must keep it.
-            require_same_users_table(connection, users_table)
             # Before Alembic reads its version table: a database that recorded our revisions in
             # alembic_version (todo-rls 0.1) has them moved, in this same transaction.
             ours = {

@@ -65,8 +65,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every citus test in one xdist group (--dist loadgroup): one worker runs them all, so
     they do not fight over the one cluster, its nodes' databases and its module fixtures
-    (two workers migrating at once on one cluster fail with "tuple concurrently updated":
-    both ALTER the shared roles on the same worker)."""
+    (and migrations on one cluster queue for each other: migrate.serialize_on_citus)."""
     for item in items:
         if item.get_closest_marker("citus") is not None:
             item.add_marker(pytest.mark.xdist_group("citus"))

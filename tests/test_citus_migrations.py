@@ -4,6 +4,8 @@ import os
 import secrets
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,7 @@ import psycopg
 import pytest
 from alembic.script import ScriptDirectory
 from psycopg import sql
-from sqlalchemy import text
+from sqlalchemy import create_engine, pool, text
 
 import todo_rls
 from todo_rls import MigrationPreconditionError, keys, migrate
@@ -21,7 +23,7 @@ from todo_rls.testing.citus import CitusCluster
 from todo_rls.testing.database import ensure_login_role
 
 from catalog import Snapshot, query_one, snapshot
-from fix_citus import CITUS_LOGIN_PASSWORD
+from fix_citus import CITUS_LOGIN_PASSWORD, CitusApp
 from fix_db import create_user
 from fix_server import PgServer
 
@@ -220,6 +222,103 @@ def test_migrate_on_citus_without_nodes_names_the_fix(
         assert query_one(conn, "select pg_catalog.to_regclass('public.task')") is None
 
 
+def role_locks(conn: psycopg.Connection[Any]) -> set[tuple[str, str, bool]]:
+    """(database, role, granted) of every lock on a role: a shared object, seen from any
+    database of the server."""
+    rows = conn.execute(
+        "select a.datname::text, l.objid::regrole::text, l.granted"
+        " from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a using (pid)"
+        " where l.locktype = 'object' and l.classid = 'pg_catalog.pg_authid'::regclass"
+    ).fetchall()
+    return {tuple(row) for row in rows}
+
+
+@pytest.mark.citus
+def test_a_migration_waits_while_another_database_of_the_cluster_migrates(
+    citus_cluster: CitusCluster,
+    citus_database: str,
+    citus_app: CitusApp,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two databases migrating at once failed with "tuple concurrently updated": both applied the
+    # cluster's roles again on a worker. Here the other database's migration is paused where it
+    # holds its lock: serialize_on_citus in a transaction left open on citus_app's database.
+    coordinator = citus_cluster.coordinator
+    url = coordinator.url(citus_database).render_as_string(hide_password=False)
+    other_url = coordinator.url(citus_app.dbname).render_as_string(hide_password=False)
+    other_engine = create_engine(other_url, poolclass=pool.NullPool)
+    with (
+        coordinator.connect(citus_database, autocommit=True) as conn,
+        other_engine.connect() as other,
+    ):
+        conn.execute(BETTER_AUTH_USER_DDL)
+        migrate.serialize_on_citus(other)
+        assert role_locks(conn) == {(citus_app.dbname, "todo_app", True)}
+
+        # A short wait runs out, naming the cause, and changes nothing.
+        monkeypatch.setenv(migrate.CLUSTER_WAIT_ENV, "200ms")
+        with pytest.raises(MigrationPreconditionError, match="still migrating"):
+            migrate.upgrade(url)
+        assert query_one(conn, "select pg_catalog.to_regclass('public.task')") is None
+
+        # A long one waits on role todo_app until the other commits, then migrates.
+        monkeypatch.setenv(migrate.CLUSTER_WAIT_ENV, "60s")
+        with ThreadPoolExecutor(max_workers=1) as runner:
+            migrating = runner.submit(migrate.upgrade, url)
+            deadline = time.monotonic() + 30
+            while (citus_database, "todo_app", False) not in role_locks(conn):
+                assert not migrating.done(), migrating.exception()
+                assert time.monotonic() < deadline, role_locks(conn)
+                time.sleep(0.05)
+            other.rollback()
+            migrating.result(timeout=120)
+        assert_distributed(conn)
+    other_engine.dispose()
+
+
+@pytest.mark.citus
+def test_two_databases_of_one_cluster_migrated_at_once_both_succeed(
+    citus_cluster: CitusCluster, citus_database: str
+) -> None:
+    # Without the lock, one of each such pair failed ("tuple concurrently updated"; 5 of 5).
+    coordinator = citus_cluster.coordinator
+    with citus_cluster.database() as second_database:
+        databases = (citus_database, second_database)
+        for name in databases:
+            with coordinator.connect(name, autocommit=True) as conn:
+                conn.execute(BETTER_AUTH_USER_DDL)
+        runs = [
+            subprocess.Popen(  # noqa: S603 - the installed console script, our own arguments
+                [str(TODO_RLS), "migrate", "--url", coordinator.url(name).render_as_string(False)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for name in databases
+        ]
+        outputs = [run.communicate(timeout=300)[0] for run in runs]
+        assert [run.returncode for run in runs] == [0, 0], outputs
+        for name in databases:
+            with coordinator.connect(name, autocommit=True) as conn:
+                assert_distributed(conn)
+
+
+@pytest.mark.citus
+def test_a_role_that_may_not_take_the_lock_migrates_with_a_warning(citus_app: CitusApp) -> None:
+    coordinator = citus_app.cluster.coordinator
+    url = coordinator.url(citus_app.dbname).render_as_string(hide_password=False)
+    engine = create_engine(url, poolclass=pool.NullPool)
+    with engine.connect() as conn:
+        # todo_app has no CREATEROLE, so it may not comment on a role (or lock it that way).
+        conn.execute(text("set local role todo_app"))
+        with pytest.warns(UserWarning, match="not held off"):
+            migrate.serialize_on_citus(conn)
+        # The failed lock was a savepoint: the migration's transaction goes on.
+        assert conn.execute(text("select current_user::text")).scalar() == "todo_app"
+        conn.rollback()
+    engine.dispose()
+
+
 def test_on_postgresql_the_same_migrations_leave_plain_tables(
     pg_server: PgServer, dbname: str
 ) -> None:
@@ -240,6 +339,25 @@ def test_on_postgresql_the_same_migrations_leave_plain_tables(
             "( SELECT todo_rls.current_user_id() AS current_user_id)" in (qual or check or "")
             for _, _, qual, check in policies
         ), policies
+
+
+def test_on_postgresql_a_migration_takes_no_lock_on_a_role(
+    pg_server: PgServer, dbname: str
+) -> None:
+    engine = create_engine(
+        pg_server.url(dbname).render_as_string(hide_password=False), poolclass=pool.NullPool
+    )
+    with (
+        engine.connect() as conn,
+        pg_server.connect(dbname, autocommit=True) as observer,
+    ):
+        migrate.serialize_on_citus(conn)
+        assert role_locks(observer) == set()
+        # Control: the lock Citus would take is seen from here.
+        conn.execute(text("comment on role todo_app is 'held'"))
+        assert role_locks(observer) == {(dbname, "todo_app", True)}
+        conn.rollback()
+    engine.dispose()
 
 
 @pytest.mark.citus

@@ -1,6 +1,7 @@
 """Run todo-rls's Alembic migrations from Python (the CLI, the pytest plugin and the tests)."""
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,6 +186,72 @@ def require_owner(connection: Connection) -> None:
         " the role that owns the database, over the direct host without -pooler): pass its URL"
         " with --url or $DATABASE_URL_DIRECT, not the application's."
     )
+
+
+# On Citus the roles belong to the cluster, not to a database: the first time a database's
+# objects depend on todo_app or todo_rls_verifier, Citus applies the role again on every worker
+# (ALTER ROLE), and two databases migrating at once fail with "tuple concurrently updated"
+# (measured: of 5 pairs migrated at once, one of each pair failed). So a migration on Citus
+# locks role todo_app until it commits: COMMENT ON ROLE locks the role itself, a shared object,
+# so across databases, and writing back the comment the role has changes nothing. On a new
+# cluster, where todo_app does not exist yet, it locks the migrating role instead.
+_SERIALIZE_ON_CITUS = text("""
+do $$
+declare
+  target record;
+begin
+  if not exists (select from pg_catalog.pg_extension where extname = 'citus') then
+    return;
+  end if;
+  select r.oid, r.rolname into target
+  from pg_catalog.pg_roles r
+  where r.rolname in ('todo_app', current_user)
+  order by r.rolname = 'todo_app' desc
+  limit 1;
+  execute 'comment on role ' || pg_catalog.quote_ident(target.rolname) || ' is '
+    || coalesce(pg_catalog.quote_literal(pg_catalog.shobj_description(target.oid, 'pg_authid')),
+                'null');
+end
+$$
+""")
+# How long a migration on Citus waits for another database's migration on the same cluster (a
+# lock_timeout): one takes about 2 s there, so the default lets some thirty queue.
+CLUSTER_WAIT_ENV = "TODO_RLS_CLUSTER_WAIT"
+
+
+def serialize_on_citus(connection: Connection) -> None:
+    """On a Citus database, wait (up to $TODO_RLS_CLUSTER_WAIT, default 60s) until no other
+    database of the cluster is migrating, and hold them off until this transaction ends; on any
+    other server, do nothing. A role that may not comment on role todo_app (no CREATEROLE, or
+    no ADMIN OPTION on PostgreSQL 16+) migrates without the lock, with a warning.
+
+    Raises:
+        MigrationPreconditionError: the wait ran out; nothing was changed.
+    """
+    wait = os.environ.get(CLUSTER_WAIT_ENV, "60s")
+    connection.execute(
+        text("select pg_catalog.set_config('lock_timeout', :wait, true)"), {"wait": wait}
+    )
+    try:
+        with connection.begin_nested():
+            connection.execute(_SERIALIZE_ON_CITUS)
+    except DBAPIError as error:
+        if isinstance(error.orig, psycopg.errors.InsufficientPrivilege):
+            warnings.warn(
+                "todo-rls: this role may not lock role todo_app, so migrations of other"
+                " databases on this Citus cluster are not held off: migrate one database of a"
+                ' cluster at a time (one that fails with "tuple concurrently updated" changed'
+                " nothing and can be run again)",
+                stacklevel=2,
+            )
+            return
+        if isinstance(error.orig, psycopg.errors.LockNotAvailable):
+            raise MigrationPreconditionError(
+                f"another database on this Citus cluster was still migrating after {wait}"
+                f" (${CLUSTER_WAIT_ENV}); nothing was changed. Run this migration again when"
+                f" it has finished, or set {CLUSTER_WAIT_ENV} longer."
+            ) from error
+        raise
 
 
 # The table fk_task_user_id_user references, if task exists: the users table an earlier run
