@@ -14,19 +14,18 @@ from sqlalchemy import Connection, create_engine, pool, text
 
 from todo_rls.engine import database_url
 from todo_rls.migrate import (
+    DEFAULT_LOCK_TIMEOUT,
+    LOCK_TIMEOUT_ENV,
     VERSION_TABLE,
     carry_over_versions,
     migration_url,
     require_owner,
     require_same_users_table,
     serialize_on_citus,
+    set_lock_timeout,
 )
 from todo_rls.models import include_object, metadata
 from todo_rls.users_table import CONTEXT_OPTION, from_environment
-
-# A migration waits at most this long for a lock, so it never queues behind live traffic
-# (and never makes that traffic queue behind it) for long; rerun it when traffic is low.
-LOCK_TIMEOUT = os.environ.get("TODO_RLS_LOCK_TIMEOUT", "5s")
 
 config = context.config
 
@@ -58,18 +57,20 @@ def run_migrations(connection: Connection | None) -> None:
             # On Citus, wait for another database's migration on the cluster: before the lock
             # timeout below, which is for live traffic, not for that.
             serialize_on_citus(connection)
-        context.execute(
-            text("select pg_catalog.set_config('lock_timeout', :timeout, true)").bindparams(
-                timeout=LOCK_TIMEOUT
-            )
-        )
-        if connection is not None:
+            set_lock_timeout(connection, LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT)
             # Before Alembic reads its version table: a database that recorded our revisions in
             # alembic_version (todo-rls 0.1) has them moved, in this same transaction.
             ours = {
                 script.revision for script in ScriptDirectory.from_config(config).walk_revisions()
             }
             carry_over_versions(connection, ours)
+        else:  # the printed script sets the lock timeout too
+            lock_timeout = os.environ.get(LOCK_TIMEOUT_ENV, DEFAULT_LOCK_TIMEOUT)
+            context.execute(
+                text("select pg_catalog.set_config('lock_timeout', :timeout, true)").bindparams(
+                    timeout=lock_timeout
+                )
+            )
         context.run_migrations()
 
 

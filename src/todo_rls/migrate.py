@@ -214,9 +214,39 @@ begin
 end
 $$
 """)
-# How long a migration on Citus waits for another database's migration on the same cluster (a
-# lock_timeout): one takes about 2 s there, so the default lets some thirty queue.
+# A migration waits at most this long for a lock (a lock_timeout), so it never queues behind
+# live traffic (and never makes that traffic queue behind it) for long; rerun it when traffic is
+# low.
+LOCK_TIMEOUT_ENV = "TODO_RLS_LOCK_TIMEOUT"
+DEFAULT_LOCK_TIMEOUT = "5s"
+# How long a migration on Citus waits for another database's migration on the same cluster
+# first: one takes about 2 s there, so the default lets some thirty queue.
 CLUSTER_WAIT_ENV = "TODO_RLS_CLUSTER_WAIT"
+DEFAULT_CLUSTER_WAIT = "60s"
+
+
+def set_lock_timeout(connection: Connection, variable: str, default: str) -> str:
+    """Set lock_timeout, for the rest of the transaction, to $variable, else default.
+
+    Returns the value set.
+
+    Raises:
+        MigrationPreconditionError: the server takes the value for no duration; nothing was
+            changed.
+    """
+    value = os.environ.get(variable, default)
+    try:
+        connection.execute(
+            text("select pg_catalog.set_config('lock_timeout', :value, true)"), {"value": value}
+        )
+    except DBAPIError as error:
+        if isinstance(error.orig, psycopg.errors.InvalidParameterValue):
+            raise MigrationPreconditionError(
+                f"{variable}={value!r} is not a duration PostgreSQL takes: set it like 5s, 500ms"
+                " or 2min, or unset it. Nothing was changed."
+            ) from error
+        raise
+    return value
 
 
 def serialize_on_citus(connection: Connection) -> None:
@@ -226,12 +256,10 @@ def serialize_on_citus(connection: Connection) -> None:
     no ADMIN OPTION on PostgreSQL 16+) migrates without the lock, with a warning.
 
     Raises:
-        MigrationPreconditionError: the wait ran out; nothing was changed.
+        MigrationPreconditionError: the wait ran out, or $TODO_RLS_CLUSTER_WAIT is no duration;
+            nothing was changed.
     """
-    wait = os.environ.get(CLUSTER_WAIT_ENV, "60s")
-    connection.execute(
-        text("select pg_catalog.set_config('lock_timeout', :wait, true)"), {"wait": wait}
-    )
+    wait = set_lock_timeout(connection, CLUSTER_WAIT_ENV, DEFAULT_CLUSTER_WAIT)
     try:
         with connection.begin_nested():
             connection.execute(_SERIALIZE_ON_CITUS)
