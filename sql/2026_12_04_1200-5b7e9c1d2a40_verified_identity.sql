@@ -37,13 +37,21 @@ end
 $$;
 
 -- The migrating role must be a member to make todo_rls_verifier the owner of the functions
--- below (a superuser needs no membership; PostgreSQL 16 grants CREATEROLE roles admin on the
--- roles they create).
+-- below (a superuser needs no membership). On PostgreSQL 16+ a CREATEROLE role may grant only
+-- a role it has ADMIN OPTION on, which it gets for the roles it creates: a todo_rls_verifier
+-- that another role made (another database's migration, as another owner) needs an admin.
 do $$
 begin
   if not pg_catalog.pg_has_role(current_user, 'todo_rls_verifier', 'MEMBER') then
     execute pg_catalog.format('grant todo_rls_verifier to %I', current_user);
   end if;
+exception
+  when insufficient_privilege then
+    raise exception 'role % may not make itself a member of role todo_rls_verifier, which '
+                    'another role created', current_user
+      using hint = pg_catalog.format('An administrator (or the role that created '
+                                     'todo_rls_verifier) runs: grant todo_rls_verifier to %I; '
+                                     'then migrate again.', current_user);
 end
 $$;;
 

@@ -4,6 +4,7 @@ import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import todo_rls
+from todo_rls.better_auth import BETTER_AUTH_USER_DDL
 from todo_rls.identity import KEY_ENV, SigningKey
 from todo_rls.testing import database
 from todo_rls.testing.database import create_user as create_user  # re-exported ("as"): the
@@ -84,6 +86,61 @@ def load_migrated_template(
 TEST_DBNAME = f"todo_rls_test_{os.getpid()}_{secrets.token_hex(3)}"
 migrated_server = factories.postgresql_noproc(dbname=TEST_DBNAME, load=[load_migrated_template])
 migrated_database = factories.postgresql("migrated_server")
+
+
+@dataclass(frozen=True)
+class DatabaseOwner:
+    """A scratch database owned by a login role of its own, and that role's URL."""
+
+    database: str
+    role: str
+    url: str
+
+
+@contextlib.contextmanager
+def owned_database(server: PgServer, *, joins_verifier: bool = True) -> Iterator[DatabaseOwner]:
+    """A scratch database owned by a login role of its own (CREATEROLE, not a superuser), like
+    Neon's neondb_owner, with Better Auth's "user" table.
+
+    The suite's superuser created todo_app and todo_rls_verifier (the template's migration). On
+    PostgreSQL 16+ a CREATEROLE role may grant only the roles it created, so there, unless
+    joins_verifier is False, an administrator's `grant todo_rls_verifier` to the owner stands in
+    for what the owner's own first migration on a new server would have done (created the role,
+    and with it ADMIN OPTION). On PostgreSQL 15 the owner's migration grants it itself.
+    """
+    role, password = run_role_name("dbowner"), secrets.token_urlsafe(24)
+    with server.connect("postgres", autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("create role {} login createrole password {}").format(
+                sql.Identifier(role), sql.Literal(password)
+            )
+        )
+        if joins_verifier and conn.info.server_version >= 160000:
+            conn.execute(sql.SQL("grant todo_rls_verifier to {}").format(sql.Identifier(role)))
+    try:
+        with server.scratch_database() as name:
+            with server.connect(name, autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("alter database {} owner to {}").format(
+                        sql.Identifier(name), sql.Identifier(role)
+                    )
+                )
+                conn.execute(BETTER_AUTH_USER_DDL)
+                conn.execute(
+                    sql.SQL('grant references on "user" to {}').format(sql.Identifier(role))
+                )
+            url = server.url(name, user=role, password=password)
+            yield DatabaseOwner(name, role, url.render_as_string(hide_password=False))
+    finally:
+        with server.connect("postgres", autocommit=True) as conn:
+            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
+
+
+@pytest.fixture
+def database_owner(pg_server: PgServer, migrated_server: Any) -> Iterator[DatabaseOwner]:
+    """owned_database, after the template's migration made the roles."""
+    with owned_database(pg_server) as owner:
+        yield owner
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -5,21 +5,17 @@ Each case does it in one transaction on the shared database, ANALYZE and Alembic
 and audits it there as the CLI would; the transaction is rolled back after it (fix_rolled).
 """
 
-import secrets
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 from sqlalchemy import Connection
 from test_rls_guard import NOTE
 
 import todo_rls.migrate
-from todo_rls.demo import BETTER_AUTH_USER_DDL
 from todo_rls.owner_rls import enable_owner_rls
 
-from fix_db import APP_LOGIN, create_user, run_role_name
+from fix_db import APP_LOGIN, DatabaseOwner, create_user
 from fix_rolled import Rolled, run_op
 from fix_server import PgServer
 
@@ -146,36 +142,6 @@ def test_enable_owner_rls_leaves_user_id_without_statistics_unless_asked(
     assert found == ([(STAT, "public.scratch_note")] if keep else [])
 
 
-@pytest.fixture
-def database_owner(pg_server: PgServer) -> Iterator[tuple[str, str]]:
-    """A scratch database owned by a login role (CREATEROLE, not a superuser), like Neon's
-    neondb_owner, with Better Auth's "user" table: (database, the owner's URL)."""
-    role, password = run_role_name("dbowner"), secrets.token_urlsafe(24)
-    with pg_server.connect("postgres", autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("create role {} login createrole password {}").format(
-                sql.Identifier(role), sql.Literal(password)
-            )
-        )
-    try:
-        with pg_server.scratch_database() as name:
-            with pg_server.connect(name, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("alter database {} owner to {}").format(
-                        sql.Identifier(name), sql.Identifier(role)
-                    )
-                )
-                conn.execute(BETTER_AUTH_USER_DDL)
-                conn.execute(
-                    sql.SQL('grant references on "user" to {}').format(sql.Identifier(role))
-                )
-            url = pg_server.url(name, user=role, password=password)
-            yield name, url.render_as_string(hide_password=False)
-    finally:
-        with pg_server.connect("postgres", autocommit=True) as conn:
-            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
-
-
 POLICIES = (
     "select c.relname::text, p.polname::text, p.polcmd, p.polpermissive, p.polroles::text,"
     " pg_get_expr(p.polqual, p.polrelid), pg_get_expr(p.polwithcheck, p.polrelid)"
@@ -184,9 +150,9 @@ POLICIES = (
 
 
 def test_revision_9a4c6e8b2d10_removes_kept_statistics_as_a_database_owner_not_a_superuser(
-    pg_server: PgServer, database_owner: tuple[str, str]
+    pg_server: PgServer, database_owner: DatabaseOwner
 ) -> None:
-    name, owner_url = database_owner
+    name, owner_url = database_owner.database, database_owner.url
     todo_rls.migrate.upgrade(owner_url, "eb55c0c808a9")
     with pg_server.connect(name, autocommit=True) as admin:
         for user in (create_user(admin), create_user(admin)):

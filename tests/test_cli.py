@@ -2,7 +2,6 @@
 
 import importlib.metadata
 import re
-import secrets
 import shutil
 import subprocess
 import sys
@@ -13,14 +12,13 @@ from typing import Any
 import psycopg
 import pytest
 from alembic.script import ScriptDirectory
-from psycopg import sql
 
 from todo_rls import demo, migrate
 from todo_rls.better_auth import BETTER_AUTH_USER_DDL
 from todo_rls.cli import main
 
 from catalog import OUR_TABLES, snapshot
-from fix_db import APP_LOGIN, create_user, run_role_name, url_as
+from fix_db import APP_LOGIN, DatabaseOwner, create_user, owned_database, url_as
 from fix_server import PgServer
 
 DEMO_CLAIMS = (
@@ -235,40 +233,10 @@ def test_migrate_as_the_app_role_is_refused_before_anything_changes(
     assert not _relation_exists(fresh_admin, "public.todo_rls_alembic_version")
 
 
-@pytest.fixture
-def database_owner(pg_server: PgServer) -> Iterator[tuple[str, str, str]]:
-    """A scratch database owned by a login role of its own (CREATEROLE, not a superuser), like
-    Neon's neondb_owner, with Better Auth's "user" table; (database, role, role's URL)."""
-    role, password = run_role_name("dbowner"), secrets.token_urlsafe(24)
-    with pg_server.connect("postgres", autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("create role {} login createrole password {}").format(
-                sql.Identifier(role), sql.Literal(password)
-            )
-        )
-    try:
-        with pg_server.scratch_database() as name:
-            with pg_server.connect(name, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("alter database {} owner to {}").format(
-                        sql.Identifier(name), sql.Identifier(role)
-                    )
-                )
-                conn.execute(BETTER_AUTH_USER_DDL)
-                conn.execute(
-                    sql.SQL('grant references on "user" to {}').format(sql.Identifier(role))
-                )
-            url = pg_server.url(name, user=role, password=password)
-            yield name, role, url.render_as_string(hide_password=False)
-    finally:
-        with pg_server.connect("postgres", autocommit=True) as conn:
-            conn.execute(sql.SQL("drop role {}").format(sql.Identifier(role)))
-
-
 def test_the_database_owner_migrates_without_being_a_superuser(
-    pg_server: PgServer, database_owner: tuple[str, str, str], capsys: Any
+    pg_server: PgServer, database_owner: DatabaseOwner, capsys: Any
 ) -> None:
-    name, role, url = database_owner
+    name, role, url = database_owner.database, database_owner.role, database_owner.url
     assert main(["migrate", "--url", url]) == 0
     with pg_server.connect(name, autocommit=True) as conn:
         owner = conn.execute(
@@ -280,10 +248,29 @@ def test_the_database_owner_migrates_without_being_a_superuser(
     assert "now at base" in capsys.readouterr().out
 
 
-def test_an_owner_of_the_schema_but_not_of_our_tables_is_refused(
-    pg_server: PgServer, database_owner: tuple[str, str, str], capsys: Any
+def test_an_owner_who_may_not_join_the_verifier_role_is_told_the_grant_and_nothing_changes(
+    pg_server: PgServer, migrated_server: Any, capsys: Any
 ) -> None:
-    name, role, url = database_owner
+    with pg_server.connect("postgres") as conn:
+        if conn.info.server_version < 160000:
+            pytest.skip("PostgreSQL 15 lets a CREATEROLE role grant roles it did not create")
+    # The suite's superuser made todo_rls_verifier; this owner has no ADMIN OPTION on it.
+    with (
+        owned_database(pg_server, joins_verifier=False) as owner,
+        pg_server.connect(owner.database, autocommit=True) as conn,
+    ):
+        before = snapshot(conn)
+        assert main(["migrate", "--url", owner.url]) == 2
+        err = capsys.readouterr().err
+        assert f"role {owner.role} may not make itself a member of role todo_rls_verifier" in err
+        assert f"runs: grant todo_rls_verifier to {owner.role}; then migrate again" in err
+        assert snapshot(conn) == before
+
+
+def test_an_owner_of_the_schema_but_not_of_our_tables_is_refused(
+    pg_server: PgServer, database_owner: DatabaseOwner, capsys: Any
+) -> None:
+    name, role, url = database_owner.database, database_owner.role, database_owner.url
     superuser_url = pg_server.url(name).render_as_string(hide_password=False)
     assert main(["migrate", "--url", superuser_url]) == 0  # the tables are the superuser's
     capsys.readouterr()

@@ -52,7 +52,8 @@ $$;
 """
 
 # Drops the role only if todo-rls created it and no login role is a member of it;
-# another database's grants (2BP01) also keep it.
+# another database's grants (2BP01), or no right to drop it (PostgreSQL 16+: another role created
+# it), also keep it.
 DROP_APP_ROLE_IF_OURS = """
 do $$
 begin
@@ -70,6 +71,8 @@ begin
 exception
   when dependent_objects_still_exist then
     raise notice 'keeping role todo_app: other databases still grant it privileges';
+  when insufficient_privilege then  -- PostgreSQL 16+: another role created it
+    raise notice 'keeping role todo_app: % may not drop it', current_user;
 end
 $$;
 """
