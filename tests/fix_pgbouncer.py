@@ -96,10 +96,16 @@ ignore_startup_parameters = extra_float_digits
 """
 
 
-def _run_as() -> pwd.struct_passwd | None:
+def _run_as(server: PgServer) -> pwd.struct_passwd | None:
     """The unprivileged user to run PgBouncer as when the tests run as root, else None."""
     if os.geteuid() != 0:
         return None
+    if server.host.startswith("/"):
+        # The embedded server's socket is in its data folder (0700), which as root belongs to
+        # the OS user the server runs as: only that user may connect through it.
+        owner = Path(server.host).stat().st_uid
+        if owner != 0:
+            return pwd.getpwuid(owner)
     for name in UNPRIVILEGED_USERS:
         try:
             return pwd.getpwnam(name)
@@ -130,7 +136,7 @@ def pgbouncer(pg_server: PgServer) -> Iterator[PgBouncer]:
     executable = find_pgbouncer()
     if executable is None:
         pytest.skip("pgbouncer is not installed (Debian: apt-get install pgbouncer)")
-    user = _run_as()
+    user = _run_as(pg_server)
     workdir = Path(tempfile.mkdtemp(prefix="todo-rls-pgbouncer-"))
     port = _free_port()
     auth_file, config, log = workdir / "userlist.txt", workdir / "pgbouncer.ini", workdir / "log"
