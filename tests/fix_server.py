@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from todo_rls.errors import TodoRlsError
@@ -61,6 +62,19 @@ SERVER_KEY = pytest.StashKey[Server]()
 def pg_server(pytestconfig: pytest.Config) -> Server:
     """The server the suite runs against."""
     return pytestconfig.stash[SERVER_KEY]
+
+
+@pytest.fixture(scope="session")
+def icu(pg_server: Server) -> None:
+    """Skip the test on a server built without ICU (the embedded one is): no nondeterministic
+    collation, so no case-insensitive owner column, can exist there."""
+    with pg_server.connect("postgres") as conn:  # tried, then rolled back
+        try:
+            conn.execute("create collation public.icu_probe (provider = icu, locale = 'und')")
+        except psycopg.errors.FeatureNotSupported as error:
+            pytest.skip(f"no nondeterministic collation can exist on this server: {error}")
+        finally:
+            conn.rollback()
 
 
 @pytest.fixture(scope="session")

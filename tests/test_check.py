@@ -297,6 +297,7 @@ NOTE_POLICIES = "; ".join(
 )
 
 
+@pytest.mark.usefixtures("icu")
 def test_owner_column_with_a_case_insensitive_collation_is_found(
     breaks: Breaks, db: Rolled
 ) -> None:

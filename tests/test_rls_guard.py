@@ -375,6 +375,7 @@ def test_enable_owner_rls_refuses_a_table_without_an_owner_column_and_changes_no
     assert snapshot(conn) == before
 
 
+@pytest.mark.usefixtures("icu")
 def test_enable_owner_rls_refuses_a_case_insensitive_owner_column_naming_the_fix(
     conn: Conn, migration_connection: Connection
 ) -> None:
