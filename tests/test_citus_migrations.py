@@ -222,13 +222,15 @@ def test_migrate_on_citus_without_nodes_names_the_fix(
         assert query_one(conn, "select pg_catalog.to_regclass('public.task')") is None
 
 
-def role_locks(conn: psycopg.Connection[Any]) -> set[tuple[str, str, bool]]:
-    """(database, role, granted) of every lock on a role: a shared object, seen from any
-    database of the server."""
+def role_locks(conn: psycopg.Connection[Any], *databases: str) -> set[tuple[str, str, bool]]:
+    """(database, role, granted) of every lock on a role (a shared object, seen from any
+    database of the server) that a backend connected to one of databases holds or awaits."""
     rows = conn.execute(
         "select a.datname::text, l.objid::regrole::text, l.granted"
         " from pg_catalog.pg_locks l join pg_catalog.pg_stat_activity a using (pid)"
         " where l.locktype = 'object' and l.classid = 'pg_catalog.pg_authid'::regclass"
+        " and a.datname = any(%s)",
+        (list(databases),),
     ).fetchall()
     return {tuple(row) for row in rows}
 
@@ -247,13 +249,14 @@ def test_a_migration_waits_while_another_database_of_the_cluster_migrates(
     url = coordinator.url(citus_database).render_as_string(hide_password=False)
     other_url = coordinator.url(citus_app.dbname).render_as_string(hide_password=False)
     other_engine = create_engine(other_url, poolclass=pool.NullPool)
+    both = (citus_database, citus_app.dbname)
     with (
         coordinator.connect(citus_database, autocommit=True) as conn,
         other_engine.connect() as other,
     ):
         conn.execute(BETTER_AUTH_USER_DDL)
         migrate.serialize_on_citus(other)
-        assert role_locks(conn) == {(citus_app.dbname, "todo_app", True)}
+        assert role_locks(conn, *both) == {(citus_app.dbname, "todo_app", True)}
 
         # A short wait runs out, naming the cause, and changes nothing.
         monkeypatch.setenv(migrate.CLUSTER_WAIT_ENV, "200ms")
@@ -266,9 +269,9 @@ def test_a_migration_waits_while_another_database_of_the_cluster_migrates(
         with ThreadPoolExecutor(max_workers=1) as runner:
             migrating = runner.submit(migrate.upgrade, url)
             deadline = time.monotonic() + 30
-            while (citus_database, "todo_app", False) not in role_locks(conn):
+            while (citus_database, "todo_app", False) not in role_locks(conn, *both):
                 assert not migrating.done(), migrating.exception()
-                assert time.monotonic() < deadline, role_locks(conn)
+                assert time.monotonic() < deadline, role_locks(conn, *both)
                 time.sleep(0.05)
             other.rollback()
             migrating.result(timeout=120)
@@ -352,10 +355,10 @@ def test_on_postgresql_a_migration_takes_no_lock_on_a_role(
         pg_server.connect(dbname, autocommit=True) as observer,
     ):
         migrate.serialize_on_citus(conn)
-        assert role_locks(observer) == set()
+        assert role_locks(observer, dbname) == set()
         # Control: the lock Citus would take is seen from here.
         conn.execute(text("comment on role todo_app is 'held'"))
-        assert role_locks(observer) == {(dbname, "todo_app", True)}
+        assert role_locks(observer, dbname) == {(dbname, "todo_app", True)}
         conn.rollback()
     engine.dispose()
 
