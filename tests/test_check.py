@@ -238,7 +238,7 @@ def test_table_not_forced_is_found(breaks: Breaks) -> None:
 
 def test_a_search_path_the_break_sets_does_not_fool_the_audit(breaks: Breaks) -> None:
     # With todo_rls on it, PostgreSQL prints the policies' verifier call unqualified (no longer
-    # canonical): the audit pins its own search_path for its queries (PIN_SEARCH_PATH).
+    # canonical): the audit pins its own search_path for its queries (database_audit.audit).
     statement = (
         "set local search_path = todo_rls, public; alter table task no force row level security"
     )

@@ -8,7 +8,6 @@ from todo_rls.check.database_audit import (
     DEFAULT_ALLOW,
     DEFAULT_APP_ROLE,
     DEFAULT_SCHEMA,
-    PIN_SEARCH_PATH,
     audit,
     connect,
 )
@@ -27,9 +26,6 @@ def run(args: argparse.Namespace) -> int:
 def audit_with(conn: Conn, args: argparse.Namespace) -> tuple[int, str]:
     """Exit code and report of `todo-rls check` as args (parsed by the CLI) ask, over conn
     instead of --url: the tests audit a transaction they roll back, as whoever conn is."""
-    if conn.autocommit:
-        raise ValueError("audit_with needs a transaction: the pinned search_path is local")
-    conn.execute(PIN_SEARCH_PATH)  # again: conn's transaction may have set its own
     allow = (*DEFAULT_ALLOW, *(args.allow or ()))
     ctx, findings = audit(conn, args.schema, args.app_role, allow, args.login_role)
     database = conn.info.dbname
