@@ -19,6 +19,7 @@ from todo_rls.migrate import (
     VERSION_TABLE,
     carry_over_versions,
     migration_url,
+    require_closed_schema,
     require_owner,
     require_same_users_table,
     serialize_on_citus,
@@ -72,6 +73,10 @@ def run_migrations(connection: Connection | None) -> None:
                 )
             )
         context.run_migrations()
+        # At a revision of ours (not after a downgrade to base), todo_app must not be able to
+        # create objects in public: checked last, since the first revision creates todo_app.
+        if connection is not None and context.get_context().get_current_heads():
+            require_closed_schema(connection)
 
 
 def run_online() -> None:

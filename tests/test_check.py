@@ -699,6 +699,8 @@ SAFE_OBJECTS = {
 
 @pytest.mark.parametrize("statement", SAFE_OBJECTS.values(), ids=SAFE_OBJECTS.keys())
 def test_safe_variants_give_no_finding(db: Rolled, statement: str) -> None:
+    if "security_invoker" in statement and db.conn.info.server_version < 150000:
+        pytest.skip("security_invoker views are PostgreSQL 15+: on 14 every view is unsafe")
     db.run(statement)
     code, report = db.check()
     assert (code, found(report)) == (0, [])

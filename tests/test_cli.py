@@ -12,6 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 from alembic.script import ScriptDirectory
+from psycopg import sql
 
 from todo_rls import demo, migrate
 from todo_rls.better_auth import BETTER_AUTH_USER_DDL
@@ -282,6 +283,27 @@ def test_an_owner_of_the_schema_but_not_of_our_tables_is_refused(
         assert f"table task (owner {pg_server.user})" in err
         assert "schema public" not in err  # it does own the schema, as the database owner
         assert snapshot(conn) == before
+
+
+def test_an_owner_whose_schema_public_is_the_superusers_is_told_the_fix(
+    pg_server: PgServer, database_owner: DatabaseOwner, capsys: Any
+) -> None:
+    # PostgreSQL 14's layout, made on any version: public belongs to the bootstrap superuser.
+    name, role, url = database_owner.database, database_owner.role, database_owner.url
+    with pg_server.connect(name, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("alter schema public owner to {}").format(sql.Identifier(pg_server.user))
+        )
+        before = snapshot(conn)
+        assert main(["migrate", "--url", url]) == 2
+        err = capsys.readouterr().err
+        assert f"connected as {role}, which does not own schema public (owner " in err
+        hint = "the superuser can run alter schema public owner to pg_database_owner"
+        assert (hint in err) == (conn.info.server_version < 150000)
+        assert snapshot(conn) == before
+        # Positive control: the fix it names (15's default) lets the owner migrate.
+        conn.execute("alter schema public owner to pg_database_owner")
+        assert main(["migrate", "--url", url]) == 0
 
 
 def test_migrate_unreachable_server_exits_2_in_one_line(capsys: Any) -> None:

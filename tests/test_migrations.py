@@ -128,6 +128,49 @@ def test_upgrade_refuses_a_user_table_whose_id_is_not_text(
         assert snapshot(conn) == before
 
 
+def test_upgrade_refuses_a_schema_public_open_to_public_and_writes_nothing(
+    pg_server: PgServer, better_auth_database: str
+) -> None:
+    url = superuser_url(pg_server, better_auth_database)
+    with pg_server.connect(better_auth_database, autocommit=True) as conn:
+        # PostgreSQL 14's default ACL (and 15+'s after this grant): todo_app could then plant
+        # functions in public.
+        conn.execute("grant create on schema public to public")
+        before = snapshot(conn)
+        with pytest.raises(
+            MigrationPreconditionError,
+            match=r"PUBLIC holds CREATE there.* Run, as \S+ \(the schema's owner\): "
+            r"revoke create on schema public from public;.* Nothing was changed",
+        ):
+            migrate.upgrade(url)
+        assert not has_version_table(conn)
+        assert nothing_of_ours(conn)
+        assert snapshot(conn) == before
+        # Positive control: the fix the error names is all it takes.
+        conn.execute("revoke create on schema public from public")
+        migrate.upgrade(url)
+        assert alembic_version(conn) == [head_revision()]
+
+
+def test_a_migrated_database_is_checked_again_and_downgrades_with_the_schema_open(
+    pg_server: PgServer, better_auth_database: str
+) -> None:
+    url = superuser_url(pg_server, better_auth_database)
+    migrate.upgrade(url)  # positive control: the closed schema passes
+    with pg_server.connect(better_auth_database, autocommit=True) as conn:
+        conn.execute("grant create on schema public to todo_app")
+        with pytest.raises(
+            MigrationPreconditionError,
+            match=r"todo_app may create objects in schema public: .*"
+            r"revoke create on schema public from todo_app;",
+        ):
+            migrate.upgrade(url)  # at head already: nothing to run, still checked
+        assert alembic_version(conn) == [head_revision()]
+        # Removing todo-rls is never refused for it.
+        migrate.downgrade(url, "base")
+        assert nothing_of_ours(conn)
+
+
 def insert_owned_rows(conn: psycopg.Connection[Any], user_id: str) -> None:
     """One task, conversation and message for user_id (arranged as the superuser)."""
     conn.execute("insert into task (user_id, title) values (%s, 'before downgrade')", (user_id,))

@@ -174,12 +174,9 @@ def test_app_role_has_no_privilege_on_the_user_table(
 
 
 def test_app_role_cannot_create_objects_in_schema_public(connect_app: AppConnector) -> None:
+    # On PostgreSQL 14 too: the migrations refuse a schema PUBLIC may create in
+    # (tests/test_migrations.py::test_migration_refuses_a_schema_open_to_public).
     conn = connect_app()
-    if conn.info.server_version < 150000:
-        pytest.skip(
-            "PostgreSQL 14 and older grant CREATE on schema public to PUBLIC by default and "
-            "the migrations do not revoke it (specs/threat-model.md)"
-        )
     with conn.transaction(force_rollback=True):
         assert fetch_one(conn, "select current_user::text") == (APP_LOGIN,)
         # Positive control: the role can create where it may (its temporary schema).

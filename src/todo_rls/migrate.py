@@ -180,11 +180,65 @@ def require_owner(connection: Connection) -> None:
     if not problems:
         return
     who = connection.execute(text("select current_user::text")).scalar()
+    # PostgreSQL 14 gives public to the bootstrap superuser; 15 to pg_database_owner.
+    before_15 = (connection.dialect.server_version_info or (15,)) < (15,)
+    on_14 = (
+        " On PostgreSQL 14, where public belongs to the superuser, the superuser can run"
+        " alter schema public owner to pg_database_owner (PostgreSQL 15's default) and let the"
+        " database owner migrate."
+        if before_15 and any(what == "schema public" for _, what, _ in rows)
+        else ""
+    )
     raise NotTheOwnerError(
         f"connected as {who}, which does not own {'; '.join(problems)}. Nothing was changed."
         " Migrations must run as the owner of the schema and of todo-rls's tables (on Neon,"
         " the role that owns the database, over the direct host without -pooler): pass its URL"
-        " with --url or $DATABASE_URL_DIRECT, not the application's."
+        f" with --url or $DATABASE_URL_DIRECT, not the application's.{on_14}"
+    )
+
+
+# Whether todo_app may create objects in schema public, and whether it may because PUBLIC may
+# (PostgreSQL 14 and older grant CREATE there to PUBLIC; pg_upgrade keeps that ACL), with the
+# schema's owner, who alone can revoke it.
+_APP_CAN_CREATE_IN_PUBLIC = text("""
+select pg_catalog.has_schema_privilege('todo_app', n.oid, 'CREATE'),
+       exists (select from pg_catalog.aclexplode(n.nspacl) a
+               where a.grantee = 0 and a.privilege_type = 'CREATE'),
+       n.nspowner::regrole::text
+from pg_catalog.pg_namespace n
+where n.nspname = 'public' and pg_catalog.to_regrole('todo_app') is not null
+""")
+
+
+class OpenSchemaError(MigrationPreconditionError):
+    """todo_app may create objects in schema public (PostgreSQL 14's default ACL)."""
+
+
+def require_closed_schema(connection: Connection) -> None:
+    """Raise OpenSchemaError if todo_app may create objects in schema public.
+
+    There it could plant a function or an operator that a better-matching signature makes
+    other roles call instead of pg_catalog's (CVE-2018-1058): the migrating role or an admin
+    then runs the injector's code with their rights, which no policy binds. PostgreSQL 15+
+    grants that to nobody; 14 and older grant it to PUBLIC. Revoking it changes every role of
+    the database, so the migration asks rather than doing it. Run it after the migrations, in
+    their transaction: the first creates todo_app, and the exception rolls all of them back.
+    """
+    row = connection.execute(_APP_CAN_CREATE_IN_PUBLIC).one_or_none()
+    if row is None or not row[0]:
+        return
+    _, through_public, owner = row
+    fix = (
+        "revoke create on schema public from public; (PostgreSQL 15's default; grant create on"
+        " schema public to the roles that need it)"
+        if through_public
+        else "revoke create on schema public from todo_app; (and from any role it is a member of)"
+    )
+    why = " (PUBLIC holds CREATE there, the default up to PostgreSQL 14)" if through_public else ""
+    raise OpenSchemaError(
+        f"todo_app may create objects in schema public{why}:"
+        " with one SQL injection the app could plant a function that runs with an admin's rights."
+        f" Run, as {owner} (the schema's owner): {fix} then migrate again. Nothing was changed."
     )
 
 

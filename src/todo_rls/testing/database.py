@@ -43,6 +43,21 @@ SERVER_URL_ENV = "TODO_RLS_TEST_SERVER_URL"
 EMBEDDED = "embedded"
 
 
+# PostgreSQL 15 made schema public owned by pg_database_owner and closed it to PUBLIC's
+# CREATE; on 14 a new database still has the old ACL, which the migrations refuse
+# (migrate.require_closed_schema). Each database the harness makes gets 15's, as a deployer on
+# 14 gives theirs (README, "On PostgreSQL 14"), so the suite runs the same on both.
+_POSTGRESQL_15_PUBLIC_SCHEMA = (
+    b"alter schema public owner to pg_database_owner; revoke create on schema public from public"
+)
+
+
+def like_postgresql_15(conn: psycopg.Connection[Any]) -> None:
+    """Give conn's database PostgreSQL 15's schema public, on 14 (a superuser's conn)."""
+    if conn.info.server_version < 150000:
+        conn.execute(_POSTGRESQL_15_PUBLIC_SCHEMA)
+
+
 @dataclass(frozen=True)
 class Server:
     """A PostgreSQL server and its superuser; host may be a Unix-socket folder."""
@@ -107,7 +122,11 @@ class Server:
             create += sql.SQL(" template {}").format(sql.Identifier(template))
         with self.connect("postgres", autocommit=True) as conn:
             conn.execute(create)
+            on_14 = conn.info.server_version < 150000
         try:
+            if on_14 and template is None:
+                with self.connect(name, autocommit=True) as conn:
+                    like_postgresql_15(conn)
             yield name
         finally:
             with self.connect("postgres", autocommit=True) as conn:
@@ -323,6 +342,7 @@ def migrate_database(
     ensure_login_role)."""
     ddl = users_table_ddl(users_ddl)
     with server.connect(dbname, autocommit=True) as conn:
+        like_postgresql_15(conn)
         conn.execute(ddl.encode())
     url = server.url(dbname)
     migrate.upgrade(url.render_as_string(hide_password=False))
