@@ -88,8 +88,10 @@ def app_role_exists(conn: psycopg.Connection[Any]) -> bool:
 
 
 @pytest.fixture
-def empty_database(pg_server: PgServer) -> Iterator[str]:
-    """A fresh empty database (no "user" table), dropped after the test."""
+def empty_database(pg_server: PgServer, migrated_server: Any) -> Iterator[str]:
+    """A fresh empty database (no "user" table), dropped after the test. After migrated_server
+    made role todo_app: on a new server another worker's first migration would otherwise
+    create it in the middle of a test, and the test's snapshots (app_role) would differ."""
     with pg_server.scratch_database() as name:
         yield name
 
