@@ -505,9 +505,16 @@ def test_security_definer_function_without_search_path_is_found(breaks: Breaks) 
     assert breaks(statement) == [("FN001", function), ("FN002", function)]
 
 
-def test_view_without_security_invoker_is_found(breaks: Breaks) -> None:
+def test_view_without_security_invoker_is_found(breaks: Breaks, db: Rolled) -> None:
     statement = "create view public.open_task as select * from task where not completed"
     assert breaks(statement) == [("VIEW001", "public.open_task")]
+    _, report = db.check()
+    fix = (
+        "alter view public.open_task set (security_invoker = true);"
+        if db.conn.info.server_version >= 150000
+        else "drop view public.open_task; (PostgreSQL 14 has no security_invoker: query the table)"
+    )
+    assert [f["fix"] for f in report["findings"]] == [fix]
 
 
 DEFINER = (
@@ -567,6 +574,21 @@ def test_relation_the_app_can_read_past_rls_is_found(
     breaks: Breaks, statement: str, relation: str
 ) -> None:
     assert breaks(statement) == [("READ001", relation)]
+
+
+def test_a_readable_views_fix_is_one_the_server_can_run(breaks: Breaks, db: Rolled) -> None:
+    statement, relation = READABLE["view-outside-the-schema"]
+    assert breaks(statement) == [("READ001", relation)]
+    _, report = db.check()
+    view_fix = (
+        f"alter view {relation} set (security_invoker = true);"
+        if db.conn.info.server_version >= 150000
+        else "drop it, PostgreSQL 14 has no security_invoker;"
+    )
+    assert [f["fix"] for f in report["findings"]] == [
+        f"revoke all on {relation} from todo_app, public; (or for a view: {view_fix} for a "
+        "table of your own without owners: --allow it)"
+    ]
 
 
 def test_database_default_for_the_user_setting_is_found(breaks: Breaks, dbname: str) -> None:
