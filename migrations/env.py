@@ -45,6 +45,9 @@ def run_migrations(connection: Connection | None) -> None:
         context.configure(
             url=database_url(os.environ.get("DATABASE_URL") or "postgresql://"),
             literal_binds=True,
+            # Alembic's documented offline setting: psycopg's default "pyformat" would double
+            # every % of the printed SQL (format('%I') would reach psql as format('%%I')).
+            dialect_opts={"paramstyle": "named"},
             **options,
         )
     else:

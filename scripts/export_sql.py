@@ -52,9 +52,7 @@ def offline_sql(config: Config, script: Script) -> str:
     start = script.down_revision or "base"
     assert isinstance(start, str), f"{script.revision}: a merge revision; export one chain"
     command.upgrade(config, f"{start}:{script.revision}", sql=True)
-    # env.py's offline mode compiles with psycopg's pyformat paramstyle, which doubles every %
-    # of the text; with literal binds there are no parameters, so each %% is one %.
-    return buffer.getvalue().replace("%%", "%")
+    return buffer.getvalue()
 
 
 def export(out_dir: Path) -> list[Path]:

@@ -2,16 +2,19 @@
 and the models match that schema."""
 
 import importlib.util
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, pool
 
+from todo_rls import migrate
 from todo_rls.better_auth import BETTER_AUTH_USER_DDL
 from todo_rls.migrate import VERSION_TABLE
 from todo_rls.models import include_object, metadata
@@ -84,6 +87,21 @@ def test_sql_folder_builds_the_schema_the_migrations_build(
     assert {"task", "conversation", "message", "user_preference"} <= set(OUR_TABLES)
     assert len(migrated_snapshot["policies"]) == 4 * len(OUR_TABLES)
     assert from_sql == migrated_snapshot
+
+
+def test_the_offline_script_of_alembic_builds_the_schema_the_migrations_build(
+    pg_server: PgServer, migrated_snapshot: Snapshot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What `alembic upgrade head --sql` prints, for a DBA to run with psql: one transaction.
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    config = migrate.alembic_config()
+    config.output_buffer = script = io.StringIO()
+    command.upgrade(config, "head", sql=True)
+    with pg_server.scratch_database() as name:
+        with pg_server.connect(name, autocommit=True) as conn:
+            conn.execute(BETTER_AUTH_USER_DDL)
+            conn.execute(script.getvalue())
+        assert take_snapshot(pg_server, name) == migrated_snapshot
 
 
 # Each change breaks one protection; the snapshot must notice it under the named topic.
