@@ -14,6 +14,7 @@ from sqlalchemy import Connection, create_engine, pool, text
 
 from todo_rls.engine import database_url
 from todo_rls.migrate import (
+    CLOSED_SCHEMA_CHECK,
     DEFAULT_LOCK_TIMEOUT,
     LOCK_TIMEOUT_ENV,
     VERSION_TABLE,
@@ -77,9 +78,12 @@ def run_migrations(connection: Connection | None) -> None:
             )
         context.run_migrations()
         # At a revision of ours (not after a downgrade to base), todo_app must not be able to
-        # create objects in public: checked last, since the first revision creates todo_app.
-        if connection is not None and context.get_context().get_current_heads():
+        # create objects in public: checked last, since the first revision creates todo_app;
+        # the printed script checks it with the same statement, before its COMMIT.
+        if connection is not None:
             require_closed_schema(connection)
+        else:
+            context.execute(text(CLOSED_SCHEMA_CHECK))
 
 
 def run_online() -> None:

@@ -66,4 +66,39 @@ $$;;
 
 UPDATE todo_rls_alembic_version SET version_num='9a4c6e8b2d10' WHERE todo_rls_alembic_version.version_num = 'eb55c0c808a9';
 
+do $todo_rls_closed_schema$
+declare
+  at_a_revision boolean := false;
+  through_public boolean;
+  schema_owner text;
+begin
+  if pg_catalog.to_regclass('todo_rls_alembic_version') is not null then
+    execute 'select exists (select from todo_rls_alembic_version)' into at_a_revision;
+  end if;
+  if not at_a_revision or pg_catalog.to_regrole('todo_app') is null then
+    return;
+  end if;
+  if not pg_catalog.has_schema_privilege('todo_app', 'public', 'CREATE') then
+    return;
+  end if;
+  select exists (select from pg_catalog.aclexplode(n.nspacl) a
+                 where a.grantee = 0 and a.privilege_type = 'CREATE'),
+         n.nspowner::regrole::text
+    into through_public, schema_owner
+    from pg_catalog.pg_namespace n
+   where n.nspname = 'public';
+  raise exception using message = 'todo_app may create objects in schema public'
+    || case when through_public
+            then ' (PUBLIC holds CREATE there, the default up to PostgreSQL 14)' else '' end
+    || ': with one SQL injection the app could plant a function that runs with an admin''s'
+    || ' rights. Run, as ' || schema_owner || ' (the schema''s owner): '
+    || case when through_public
+            then 'revoke create on schema public from public; (PostgreSQL 15''s default;'
+                 || ' grant create on schema public to the roles that need it)'
+            else 'revoke create on schema public from todo_app; (and from any role it is a'
+                 || ' member of)' end
+    || ' then migrate (or run this script) again. Nothing was changed.';
+end
+$todo_rls_closed_schema$;
+
 COMMIT;

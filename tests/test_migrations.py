@@ -1,5 +1,6 @@
 """The migrations: preconditions, up/down/up with data, the role's fate, the CLI, lock timeouts."""
 
+import io
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
@@ -152,6 +154,42 @@ def test_upgrade_refuses_a_schema_public_open_to_public_and_writes_nothing(
         conn.execute("revoke create on schema public from public")
         migrate.upgrade(url)
         assert alembic_version(conn) == [head_revision()]
+
+
+def offline_script(run: Any, revisions: str) -> str:
+    """What `alembic upgrade|downgrade REVISIONS --sql` prints (env.py's offline mode)."""
+    config = migrate.alembic_config()
+    config.output_buffer = script = io.StringIO()
+    run(config, revisions, sql=True)
+    return script.getvalue()
+
+
+def test_the_offline_script_refuses_a_schema_public_open_to_public_and_writes_nothing(
+    pg_server: PgServer, better_auth_database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DATABASE_URL", raising=False)  # the offline dialect's URL only
+    upgrade = offline_script(command.upgrade, "head")
+    with pg_server.connect(better_auth_database, autocommit=True) as conn:
+        conn.execute("grant create on schema public to public")
+        before = snapshot(conn)
+        with pytest.raises(
+            psycopg.errors.RaiseException,
+            match=r"PUBLIC holds CREATE there.* Run, as \S+ \(the schema's owner\): "
+            r"revoke create on schema public from public;.* Nothing was changed",
+        ):
+            conn.execute(upgrade)  # one simple query, as psql sends a file: BEGIN ... COMMIT
+        conn.execute("rollback")  # what the script's COMMIT does after the error, in psql
+        assert not has_version_table(conn)
+        assert nothing_of_ours(conn)
+        assert snapshot(conn) == before
+        # Positive control: the fix the error names is all it takes.
+        conn.execute("revoke create on schema public from public")
+        conn.execute(upgrade)
+        assert alembic_version(conn) == [head_revision()]
+        # The script that removes todo-rls is never refused for it.
+        conn.execute("grant create on schema public to public")
+        conn.execute(offline_script(command.downgrade, f"{head_revision()}:base"))
+        assert nothing_of_ours(conn)
 
 
 def test_a_migrated_database_is_checked_again_and_downgrades_with_the_schema_open(

@@ -197,17 +197,49 @@ def require_owner(connection: Connection) -> None:
     )
 
 
-# Whether todo_app may create objects in schema public, and whether it may because PUBLIC may
-# (PostgreSQL 14 and older grant CREATE there to PUBLIC; pg_upgrade keeps that ACL), with the
-# schema's owner, who alone can revoke it.
-_APP_CAN_CREATE_IN_PUBLIC = text("""
-select pg_catalog.has_schema_privilege('todo_app', n.oid, 'CREATE'),
-       exists (select from pg_catalog.aclexplode(n.nspacl) a
-               where a.grantee = 0 and a.privilege_type = 'CREATE'),
-       n.nspowner::regrole::text
-from pg_catalog.pg_namespace n
-where n.nspname = 'public' and pg_catalog.to_regrole('todo_app') is not null
-""")
+# Whether todo_app may create objects in schema public: one DO block, which the migrations run
+# after their last revision (require_closed_schema) and the offline script (alembic upgrade
+# --sql, sql/) prints before its COMMIT, so a script run with psql checks it the same way. It
+# checks only at a revision of ours (the version table has a row): a downgrade to base is never
+# refused for it, and the offline one drops the version table. PostgreSQL 14 and older grant
+# CREATE there to PUBLIC (pg_upgrade keeps that ACL); the message names the schema's owner, who
+# alone can revoke it. No % in it: the offline dialect and psycopg would each treat one.
+_OPEN_SCHEMA = "todo_app may create objects in schema public"
+CLOSED_SCHEMA_CHECK = f"""\
+do $todo_rls_closed_schema$
+declare
+  at_a_revision boolean := false;
+  through_public boolean;
+  schema_owner text;
+begin
+  if pg_catalog.to_regclass('{VERSION_TABLE}') is not null then
+    execute 'select exists (select from {VERSION_TABLE})' into at_a_revision;
+  end if;
+  if not at_a_revision or pg_catalog.to_regrole('todo_app') is null then
+    return;
+  end if;
+  if not pg_catalog.has_schema_privilege('todo_app', 'public', 'CREATE') then
+    return;
+  end if;
+  select exists (select from pg_catalog.aclexplode(n.nspacl) a
+                 where a.grantee = 0 and a.privilege_type = 'CREATE'),
+         n.nspowner::regrole::text
+    into through_public, schema_owner
+    from pg_catalog.pg_namespace n
+   where n.nspname = 'public';
+  raise exception using message = '{_OPEN_SCHEMA}'
+    || case when through_public
+            then ' (PUBLIC holds CREATE there, the default up to PostgreSQL 14)' else '' end
+    || ': with one SQL injection the app could plant a function that runs with an admin''s'
+    || ' rights. Run, as ' || schema_owner || ' (the schema''s owner): '
+    || case when through_public
+            then 'revoke create on schema public from public; (PostgreSQL 15''s default;'
+                 || ' grant create on schema public to the roles that need it)'
+            else 'revoke create on schema public from todo_app; (and from any role it is a'
+                 || ' member of)' end
+    || ' then migrate (or run this script) again. Nothing was changed.';
+end
+$todo_rls_closed_schema$"""  # noqa: S608 (our constants only, no value from a caller)
 
 
 class OpenSchemaError(MigrationPreconditionError):
@@ -224,22 +256,14 @@ def require_closed_schema(connection: Connection) -> None:
     the database, so the migration asks rather than doing it. Run it after the migrations, in
     their transaction: the first creates todo_app, and the exception rolls all of them back.
     """
-    row = connection.execute(_APP_CAN_CREATE_IN_PUBLIC).one_or_none()
-    if row is None or not row[0]:
-        return
-    _, through_public, owner = row
-    fix = (
-        "revoke create on schema public from public; (PostgreSQL 15's default; grant create on"
-        " schema public to the roles that need it)"
-        if through_public
-        else "revoke create on schema public from todo_app; (and from any role it is a member of)"
-    )
-    why = " (PUBLIC holds CREATE there, the default up to PostgreSQL 14)" if through_public else ""
-    raise OpenSchemaError(
-        f"todo_app may create objects in schema public{why}:"
-        " with one SQL injection the app could plant a function that runs with an admin's rights."
-        f" Run, as {owner} (the schema's owner): {fix} then migrate again. Nothing was changed."
-    )
+    try:
+        connection.execute(text(CLOSED_SCHEMA_CHECK))
+    except DBAPIError as error:
+        diag = getattr(error.orig, "diag", None)
+        message = getattr(diag, "message_primary", None) or ""
+        if message.startswith(_OPEN_SCHEMA):
+            raise OpenSchemaError(message) from None
+        raise
 
 
 # On Citus the roles belong to the cluster, not to a database: the first time a database's
