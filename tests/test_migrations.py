@@ -1,6 +1,5 @@
 """The migrations: preconditions, up/down/up with data, the role's fate, the CLI, lock timeouts."""
 
-import io
 import os
 import re
 import subprocess
@@ -21,7 +20,7 @@ from sqlmodel import select
 from todo_rls import MigrationPreconditionError, Task, keys, migrate, scoped_session
 from todo_rls.better_auth import BETTER_AUTH_USER_DDL
 
-from catalog import OUR_TABLES, query_one, snapshot
+from catalog import OUR_TABLES, offline_script, query_one, snapshot
 from fix_db import APP_LOGIN, SIGNING_KEY, create_user
 from fix_server import PgServer
 
@@ -154,14 +153,6 @@ def test_upgrade_refuses_a_schema_public_open_to_public_and_writes_nothing(
         conn.execute("revoke create on schema public from public")
         migrate.upgrade(url)
         assert alembic_version(conn) == [head_revision()]
-
-
-def offline_script(run: Any, revisions: str) -> str:
-    """What `alembic upgrade|downgrade REVISIONS --sql` prints (env.py's offline mode)."""
-    config = migrate.alembic_config()
-    config.output_buffer = script = io.StringIO()
-    run(config, revisions, sql=True)
-    return script.getvalue()
 
 
 def test_the_offline_script_refuses_a_schema_public_open_to_public_and_writes_nothing(

@@ -2,7 +2,6 @@
 and the models match that schema."""
 
 import importlib.util
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,12 +13,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, pool
 
-from todo_rls import migrate
 from todo_rls.better_auth import BETTER_AUTH_USER_DDL
 from todo_rls.migrate import VERSION_TABLE
 from todo_rls.models import include_object, metadata
 
-from catalog import OUR_TABLES, Snapshot, snapshot
+from catalog import OUR_TABLES, Snapshot, offline_script, snapshot
 from fix_server import PgServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,13 +92,11 @@ def test_the_offline_script_of_alembic_builds_the_schema_the_migrations_build(
 ) -> None:
     # What `alembic upgrade head --sql` prints, for a DBA to run with psql: one transaction.
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    config = migrate.alembic_config()
-    config.output_buffer = script = io.StringIO()
-    command.upgrade(config, "head", sql=True)
+    script = offline_script(command.upgrade, "head")
     with pg_server.scratch_database() as name:
         with pg_server.connect(name, autocommit=True) as conn:
             conn.execute(BETTER_AUTH_USER_DDL)
-            conn.execute(script.getvalue())
+            conn.execute(script)
         assert take_snapshot(pg_server, name) == migrated_snapshot
 
 
