@@ -50,6 +50,11 @@ class Context:
         return (self.app_role, *self.login_roles)
 
     @property
+    def has_security_invoker(self) -> bool:
+        """Whether views can run as their caller (PostgreSQL 15+); on 14 they run as the owner."""
+        return self.conn.info.server_version >= 150000
+
+    @property
     def role_oids(self) -> list[int]:
         return [role.oid for role in self.roles]
 

@@ -50,24 +50,22 @@ def readable_past_rls(ctx: Context) -> Iterator[Hit]:
         "exempt": exempt,
     }
     names = ", ".join(role.name for role in ctx.roles)
-    # security_invoker is PostgreSQL 15+: on 14 a view always runs as its owner.
-    view_fix = (
-        "alter view {relation} set (security_invoker = true);"
-        if ctx.conn.info.server_version >= 150000
-        else "drop it, PostgreSQL 14 has no security_invoker;"
-    )
     for _, relation, kind, privileges in ctx.conn.execute(_READABLE, params):
         if not privileges:
             continue
         held = ", ".join(privileges)
+        view_fix = (
+            f"alter view {relation} set (security_invoker = true);"
+            if ctx.has_security_invoker
+            else "drop it, PostgreSQL 14 has no security_invoker;"
+        )
         yield Hit(
             relation,
             f"the app's roles ({names}) hold {held} on {_KINDS[kind]} {relation}, which no "
             "forced row-level security protects: every row of it is theirs to "
             + ("see" if privileges == ["SELECT"] else "see or change"),
             f"revoke all on {relation} from {ctx.app_role.name}, public; (or for a view: "
-            + view_fix.format(relation=relation)
-            + " for a table of your own without owners: --allow it)",
+            f"{view_fix} for a table of your own without owners: --allow it)",
         )
 
 

@@ -76,14 +76,12 @@ _VIEWS = """
 
 def view_as_owner(ctx: Context) -> Iterator[Hit]:
     """Views of the app schema that run as their owner (no security_invoker)."""
-    # security_invoker is PostgreSQL 15+: on 14 every view runs as its owner.
-    can_invoke = ctx.conn.info.server_version >= 150000
     for (view,) in ctx.conn.execute(_VIEWS, {"schema": ctx.schema, "allow": list(ctx.allow)}):
         yield Hit(
             view,
             f"view {view} runs with its owner's rights (no security_invoker): it can show rows "
             "the policies hide from the caller",
             f"alter view {view} set (security_invoker = true);"
-            if can_invoke
+            if ctx.has_security_invoker
             else f"drop view {view}; (PostgreSQL 14 has no security_invoker: query the table)",
         )
