@@ -6,14 +6,12 @@ edited by hand (tests/test_sql_matches_migrations.py fails when it is not curren
 revision. The output is deterministic: the same migrations give the same bytes.
 """
 
-import io
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from alembic import command
 from alembic.config import Config
 from alembic.script import Script, ScriptDirectory
 
@@ -45,14 +43,11 @@ def revisions(config: Config) -> list[Script]:
     return list(reversed(list(ScriptDirectory.from_config(config).walk_revisions())))
 
 
-def offline_sql(config: Config, script: Script) -> str:
+def offline_sql(script: Script) -> str:
     """What `alembic upgrade DOWN:REV --sql` prints for one revision."""
-    buffer = io.StringIO()
-    config.output_buffer = buffer
     start = script.down_revision or "base"
     assert isinstance(start, str), f"{script.revision}: a merge revision; export one chain"
-    command.upgrade(config, f"{start}:{script.revision}", sql=True)
-    return buffer.getvalue()
+    return migrate.offline_sql("upgrade", f"{start}:{script.revision}")
 
 
 def export(out_dir: Path) -> list[Path]:
@@ -67,7 +62,7 @@ def export(out_dir: Path) -> list[Path]:
             source = f"migrations/versions/{Path(script.path).name}"
             doc = " ".join((script.doc or "").split())
             header = HEADER.format(source=source, revision=script.revision, doc=doc)
-            path.write_text(header + "\n" + offline_sql(config, script).strip() + "\n")
+            path.write_text(header + "\n" + offline_sql(script).strip() + "\n")
             written.append(path)
     for stale in set(out_dir.glob("*.sql")) - set(written):
         stale.unlink()

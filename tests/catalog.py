@@ -1,12 +1,9 @@
-"""Catalog snapshots of what our schema defines, scratch databases to build schemas in, and
-the offline scripts that build them."""
+"""Catalog snapshots of what our schema defines, and scratch databases to build schemas in."""
 
-import io
 from typing import Any
 
 import psycopg
 
-from todo_rls import migrate
 from todo_rls.models import metadata
 
 # The tables our migrations create, from the models (tests/test_sql_matches_migrations.py keeps
@@ -128,13 +125,3 @@ def query_one(conn: psycopg.Connection[Any], query: str, *params: object) -> Any
     row = conn.execute(query, params).fetchone()
     assert row is not None, query
     return row[0]
-
-
-def offline_script(run: Any, revisions: str) -> str:
-    """What `alembic upgrade|downgrade REVISIONS --sql` prints (env.py's offline mode), for
-    run alembic.command.upgrade or downgrade. Unset DATABASE_URL first: offline, env.py takes
-    only the dialect from it."""
-    config = migrate.alembic_config()
-    config.output_buffer = script = io.StringIO()
-    run(config, revisions, sql=True)
-    return script.getvalue()

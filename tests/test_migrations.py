@@ -11,7 +11,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from alembic import command
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
@@ -20,7 +19,7 @@ from sqlmodel import select
 from todo_rls import MigrationPreconditionError, Task, keys, migrate, scoped_session
 from todo_rls.better_auth import BETTER_AUTH_USER_DDL
 
-from catalog import OUR_TABLES, offline_script, query_one, snapshot
+from catalog import OUR_TABLES, query_one, snapshot
 from fix_db import APP_LOGIN, SIGNING_KEY, create_user
 from fix_server import PgServer
 
@@ -159,7 +158,7 @@ def test_the_offline_script_refuses_a_schema_public_open_to_public_and_writes_no
     pg_server: PgServer, better_auth_database: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("DATABASE_URL", raising=False)  # the offline dialect's URL only
-    upgrade = offline_script(command.upgrade, "head")
+    upgrade = migrate.offline_sql("upgrade", "head")
     with pg_server.connect(better_auth_database, autocommit=True) as conn:
         conn.execute("grant create on schema public to public")
         before = snapshot(conn)
@@ -179,7 +178,7 @@ def test_the_offline_script_refuses_a_schema_public_open_to_public_and_writes_no
         assert alembic_version(conn) == [head_revision()]
         # The script that removes todo-rls is never refused for it.
         conn.execute("grant create on schema public to public")
-        conn.execute(offline_script(command.downgrade, f"{head_revision()}:base"))
+        conn.execute(migrate.offline_sql("downgrade", f"{head_revision()}:base"))
         assert nothing_of_ours(conn)
 
 

@@ -8,16 +8,15 @@ from typing import Any
 
 import psycopg
 import pytest
-from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, pool
 
 from todo_rls.better_auth import BETTER_AUTH_USER_DDL
-from todo_rls.migrate import VERSION_TABLE
+from todo_rls.migrate import VERSION_TABLE, offline_sql
 from todo_rls.models import include_object, metadata
 
-from catalog import OUR_TABLES, Snapshot, offline_script, snapshot
+from catalog import OUR_TABLES, Snapshot, snapshot
 from fix_server import PgServer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,7 +91,7 @@ def test_the_offline_script_of_alembic_builds_the_schema_the_migrations_build(
 ) -> None:
     # What `alembic upgrade head --sql` prints, for a DBA to run with psql: one transaction.
     monkeypatch.delenv("DATABASE_URL", raising=False)
-    script = offline_script(command.upgrade, "head")
+    script = offline_sql("upgrade", "head")
     with pg_server.scratch_database() as name:
         with pg_server.connect(name, autocommit=True) as conn:
             conn.execute(BETTER_AUTH_USER_DDL)

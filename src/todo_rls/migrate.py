@@ -1,5 +1,6 @@
 """Run todo-rls's Alembic migrations from Python (the CLI, the pytest plugin and the tests)."""
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -426,6 +427,16 @@ def _run(url: str | None, action: str, revision: str) -> None:
         raise
     finally:
         engine.dispose()
+
+
+def offline_sql(action: str, revisions: str) -> str:
+    """The script `alembic ACTION REVISIONS --sql` prints (action "upgrade" or "downgrade",
+    revisions "FROM:TO"): the migrations for psql, in one transaction, with the closed-schema
+    check before its COMMIT. Needs no server: env.py takes only the dialect from $DATABASE_URL."""
+    config = alembic_config()
+    config.output_buffer = script = io.StringIO()
+    getattr(command, action)(config, revisions, sql=True)
+    return script.getvalue()
 
 
 def upgrade(url: str | None = None, revision: str = "head") -> None:
