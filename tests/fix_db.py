@@ -19,6 +19,7 @@ import todo_rls
 from todo_rls.better_auth import BETTER_AUTH_USER_DDL
 from todo_rls.identity import KEY_ENV, SigningKey
 from todo_rls.testing import database
+from todo_rls.testing.database import TABLESPACE_ENV
 from todo_rls.testing.database import create_user as create_user  # re-exported ("as"): the
 from todo_rls.testing.database import new_user_id as new_user_id  # tests import them from here
 
@@ -67,7 +68,7 @@ def ensure_login_role(conn: psycopg.Connection[Any], name: str, *, bypass_rls: b
 def load_migrated_template(
     host: str, port: int, user: str, dbname: str, password: str | None = None, **_: Any
 ) -> None:
-    """pytest-postgresql loader: the plugin's migrated database, with the suite's login roles."""
+    """The plugin's migrated database, with the suite's login roles (on any server)."""
     server = PgServer(host, int(port), user, password)
     database.migrate_database(
         server,
@@ -81,10 +82,25 @@ def load_migrated_template(
         ensure_login_role(conn, BYPASS_LOGIN, bypass_rls=True)
 
 
+def _load_template(host: str, port: int, user: str, dbname: str, **kwargs: Any) -> None:
+    """pytest-postgresql loader of the suite's template: moved into the run's tablespace
+    (fix_server), which every copy of it inherits, then migrated."""
+    tablespace = os.environ.get(TABLESPACE_ENV)
+    if tablespace:  # pytest-postgresql made it in the default one; still empty
+        server = PgServer(host, int(port), user, kwargs.get("password"))
+        with server.connect("postgres", autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("alter database {} set tablespace {}").format(
+                    sql.Identifier(dbname), sql.Identifier(tablespace)
+                )
+            )
+    load_migrated_template(host, port, user, dbname, **kwargs)
+
+
 # One name per run, so parallel runs against one server never drop each other's databases, and
 # a run that was killed (its template left behind) never blocks a later one with the same pid.
 TEST_DBNAME = f"todo_rls_test_{os.getpid()}_{secrets.token_hex(3)}"
-migrated_server = factories.postgresql_noproc(dbname=TEST_DBNAME, load=[load_migrated_template])
+migrated_server = factories.postgresql_noproc(dbname=TEST_DBNAME, load=[_load_template])
 migrated_database = factories.postgresql("migrated_server")
 
 

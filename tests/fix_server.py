@@ -7,6 +7,7 @@ machine with no PostgreSQL installed still runs everything.
 The server itself is todo_rls.testing's Server: the suite and the public plugin share it.
 """
 
+import dataclasses
 import os
 import shutil
 import tempfile
@@ -15,9 +16,16 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import ram_tablespace
 
 from todo_rls.errors import TodoRlsError
-from todo_rls.testing.database import EMBEDDED, SERVER_URL_ENV, Server, server_from_setting
+from todo_rls.testing.database import (
+    EMBEDDED,
+    SERVER_URL_ENV,
+    TABLESPACE_ENV,
+    Server,
+    server_from_setting,
+)
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 EMBEDDED_DATA_DIR = Path(__file__).resolve().parents[1] / ".todo-rls" / "test-pgdata"
@@ -46,8 +54,16 @@ def find_server() -> Server:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Find the server once, before any fixture, and hand it to pytest-postgresql."""
+    """Find the server once, before any fixture, and hand it to pytest-postgresql. The process
+    that starts the run makes its tablespace on the RAM disk (ram_tablespace), which the
+    workers and every process they start find in the environment."""
     server = find_server()
+    if TABLESPACE_ENV not in os.environ:
+        made = ram_tablespace.make(server)
+        if made is not None:
+            config.stash[_MADE_TABLESPACE] = made
+            os.environ[TABLESPACE_ENV] = made.name
+    server = dataclasses.replace(server, tablespace=os.environ.get(TABLESPACE_ENV) or None)
     config.stash[SERVER_KEY] = server
     config.option.postgresql_host = server.host
     config.option.postgresql_port = server.port
@@ -56,6 +72,28 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 SERVER_KEY = pytest.StashKey[Server]()
+_MADE_TABLESPACE = pytest.StashKey[ram_tablespace.RamTablespace]()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Drop the run's tablespace (after the workers' sessions, which drop its databases); a
+    database still in it fails the run."""
+    made = session.config.stash.get(_MADE_TABLESPACE, None)
+    if made is None:
+        return
+    del os.environ[TABLESPACE_ENV]
+    left = ram_tablespace.drop(session.config.stash[SERVER_KEY], made)
+    if left:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(
+                f"LEFTOVER DATABASES: {', '.join(left)} (dropped now; tests must leave the"
+                " server as they found it)",
+                red=True,
+                bold=True,
+            )
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
