@@ -22,11 +22,11 @@ import psycopg
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the suite's helper
-import ram_tablespace
-
 from todo_rls import migrate
 from todo_rls.better_auth import BETTER_AUTH_USER_DDL
 from todo_rls.testing.database import SERVER_URL_ENV, Server
+
+import ram_tablespace
 
 DEFAULT_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 

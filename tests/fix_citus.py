@@ -12,6 +12,7 @@ on each node, the same nodes registered) and dropped on every node afterwards; l
 made here are dropped too. Roles are cluster-wide: names are unique per run.
 """
 
+import dataclasses
 import os
 import secrets
 import shutil
@@ -32,6 +33,7 @@ from todo_rls.identity import SigningKey
 from todo_rls.testing.citus import CitusCluster, NotACitusCoordinatorError
 from todo_rls.testing.database import Server, ensure_login_role
 
+import ram_tablespace
 from citus_probe import DROP_AUDIT_TRIGGER, PROBE_SQL, TASKS_EACH, users_on_two_workers
 from fix_db import create_user
 
@@ -134,11 +136,35 @@ def citus_cluster() -> Iterator[CitusCluster]:
         cluster = CitusCluster.of(server, str(dbname))
     except NotACitusCoordinatorError as error:
         pytest.fail(f"${CITUS_URL_ENV}: {error}", pytrace=False)
+    made = _ram_tablespaces(cluster)
+    if made:
+        coordinator = dataclasses.replace(cluster.coordinator, tablespace=made[0][1].name)
+        cluster = dataclasses.replace(cluster, coordinator=coordinator)
     try:
         yield cluster
     finally:
+        left = [name for node, tablespace in made for name in ram_tablespace.drop(node, tablespace)]
         if started_here:
             _cluster_sh("stop")
+        assert not left, f"LEFTOVER DATABASES on the Citus nodes (dropped now): {left}"
+
+
+NodeTablespace = tuple[Server, ram_tablespace.RamTablespace]
+
+
+def _ram_tablespaces(cluster: CitusCluster) -> list[NodeTablespace]:
+    """One tablespace on the RAM disk for each node, under one name (Citus propagates CREATE
+    DATABASE ... TABLESPACE by name), or none if a node cannot have one."""
+    name = f"todo_rls_test_ts_{os.getpid()}_{secrets.token_hex(3)}"
+    made: list[NodeTablespace] = []
+    for node in cluster.nodes:
+        tablespace = ram_tablespace.make(node, name)
+        if tablespace is None:
+            for done, other in made:
+                ram_tablespace.drop(done, other)
+            return []
+        made.append((node, tablespace))
+    return made
 
 
 @pytest.fixture(autouse=True)

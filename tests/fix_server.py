@@ -16,7 +16,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-import ram_tablespace
 
 from todo_rls.errors import TodoRlsError
 from todo_rls.testing.database import (
@@ -26,6 +25,8 @@ from todo_rls.testing.database import (
     Server,
     server_from_setting,
 )
+
+import ram_tablespace
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 EMBEDDED_DATA_DIR = Path(__file__).resolve().parents[1] / ".todo-rls" / "test-pgdata"

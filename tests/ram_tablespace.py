@@ -41,9 +41,10 @@ class RamTablespace:
     location: Path
 
 
-def make(server: Server) -> RamTablespace | None:
-    """A new tablespace on the RAM disk, or None where the server cannot have one (not on
-    this machine, its files not visible here, no RAM disk or too small, not ours to give)."""
+def make(server: Server, name: str | None = None) -> RamTablespace | None:
+    """A new tablespace on the RAM disk (named name, or todo_rls_test_ts_<pid>_<hex>), or None
+    where the server cannot have one (not on this machine, its files not visible here, no RAM
+    disk or too small, not ours to give)."""
     if not is_local_host(server.host) or not RAM_DISK.is_dir():
         return None
     if shutil.disk_usage(RAM_DISK).free < MIN_FREE_BYTES:
@@ -55,7 +56,7 @@ def make(server: Server) -> RamTablespace | None:
         except OSError:  # the server runs elsewhere (a container publishing its port)
             return None
         location = Path(tempfile.mkdtemp(prefix="todo-rls-tablespace-", dir=RAM_DISK))
-        name = f"todo_rls_test_ts_{os.getpid()}_{secrets.token_hex(3)}"
+        name = name or f"todo_rls_test_ts_{os.getpid()}_{secrets.token_hex(3)}"
         try:
             if os.getuid() != server_uid:
                 os.chown(location, server_uid, -1)  # PostgreSQL wants the folder its own

@@ -9,11 +9,14 @@ import pytest
 from todo_rls.testing.citus import DATABASE_PREFIX, CitusCluster
 from todo_rls.testing.database import LOGIN_ROLE_PREFIX, TABLESPACE_ENV
 
+import ram_tablespace
+
 pytest_plugins = ["pytester"]
 pytestmark = pytest.mark.citus
 
 # A downstream project's tests: the plugin's fixtures, nothing of todo-rls's own suite.
 INNER = """
+import os
 import uuid
 
 import pytest
@@ -28,6 +31,17 @@ def test_the_database_is_distributed_and_a_session_sees_its_own_rows(
     from todo_rls import tasks
 
     assert rls_citus_cluster is not None
+    # In the run's tablespace, on every node (the suite's RAM disk, when it has one).
+    expected = os.environ.get("TODO_RLS_TEST_TABLESPACE") or "pg_default"
+    placed = (
+        "select t.spcname::text from pg_catalog.pg_database d join pg_catalog.pg_tablespace t"
+        " on t.oid = d.dattablespace where d.datname = pg_catalog.current_database()"
+    )
+    assert rls_admin.execute(placed).fetchone() == (expected,)
+    on_workers = rls_admin.execute(
+        "select result from run_command_on_workers(%s)", (placed,)
+    ).fetchall()
+    assert on_workers == [(expected,)] * 2, on_workers
     kinds = dict(rls_admin.execute(
         "select logicalrelid::text, partmethod from pg_dist_partition"
     ).fetchall())
@@ -89,7 +103,11 @@ def test_owned_tables_are_isolated_and_a_weakened_policy_is_caught(
 def test_the_plugin_runs_its_matrix_on_a_citus_cluster(
     pytester: pytest.Pytester, citus_cluster: CitusCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv(TABLESPACE_ENV, raising=False)  # the suite's is on the system server
+    # The cluster's tablespace (one of that name on every node), not the system server's.
+    if citus_cluster.coordinator.tablespace is None:
+        monkeypatch.delenv(TABLESPACE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(TABLESPACE_ENV, citus_cluster.coordinator.tablespace)
     pytester.makepyfile(test_inner=INNER)
     url = citus_cluster.coordinator.url("postgres").render_as_string(hide_password=False)
     before = databases(citus_cluster)
@@ -107,6 +125,29 @@ def test_the_plugin_runs_its_matrix_on_a_citus_cluster(
         for now, then in zip(databases(citus_cluster), before, strict=True)
     ]
     assert left == [set()] * len(citus_cluster.nodes)
+
+
+def test_a_tablespace_missing_on_a_worker_stops_the_run_naming_the_node(
+    pytester: pytest.Pytester, citus_cluster: CitusCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made = ram_tablespace.make(citus_cluster.coordinator)  # on the coordinator alone
+    if made is None:
+        pytest.skip("no RAM-disk tablespace on this cluster (tests/ram_tablespace.py)")
+    try:
+        monkeypatch.setenv(TABLESPACE_ENV, made.name)
+        pytester.makepyfile(test_inner="def test_never_runs(rls_database):\n    pass\n")
+        pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+        url = citus_cluster.coordinator.url("postgres").render_as_string(hide_password=False)
+        result = pytester.runpytest_inprocess(
+            "-p", "todo_rls.testing", "--rls-server-url", url, "--rls-citus"
+        )
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+        workers = ", ".join(f"{host}:{port}" for host, port in citus_cluster.workers)
+        result.stdout.fnmatch_lines(
+            [f"*--rls-citus: node {workers} has no tablespace '{made.name}'*create it on each*"]
+        )
+    finally:
+        assert ram_tablespace.drop(citus_cluster.coordinator, made) == []
 
 
 def pid_of(name: str) -> int:

@@ -797,10 +797,6 @@ def test_the_databases_go_into_the_tablespace_given_and_a_missing_one_stops_the_
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stdout.fnmatch_lines(["*has no tablespace 'todo_rls_no_such_tablespace'*create it*"])
 
-    result = pytester.runpytest_inprocess(*flags, f"--rls-tablespace={tablespace}", "--rls-citus")
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stdout.fnmatch_lines(["*is for a single server; with --rls-citus*"])
-
 
 SHOW_LOGIN_ROLE = """
 def test_login_role(rls_login_role, rls_admin):

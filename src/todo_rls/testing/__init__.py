@@ -10,7 +10,7 @@ server that is not this machine only with ``--rls-allow-remote-server``. With ``
 the server is a Citus coordinator: each test database is made on every node, distributed by
 the migrations, and dropped on every node (todo_rls.testing.citus). ``--rls-tablespace`` (or
 $TODO_RLS_TEST_TABLESPACE) names a tablespace of the server for its databases, one on a RAM
-disk say (not with ``--rls-citus``).
+disk say (with ``--rls-citus``, one of that name on every node).
 """
 
 import os
@@ -107,7 +107,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--rls-tablespace",
         help=f"make the test databases in this tablespace of the server (default:"
         f" ${TABLESPACE_ENV}): one on a RAM disk makes each copy of the template several times"
-        " cheaper; not on Citus",
+        " cheaper (with --rls-citus, one of that name on every node)",
     )
     parser.addini("rls_tablespace", default=None, help="as --rls-tablespace")
 
@@ -159,12 +159,6 @@ def rls_server(request: pytest.FixtureRequest) -> Server:
         or config.getini("rls_tablespace")
         or os.environ.get(TABLESPACE_ENV)
     )
-    if tablespace and (config.getoption("rls_citus") or config.getini("rls_citus")):
-        pytest.exit(
-            f"todo_rls.testing: --rls-tablespace (rls_tablespace, ${TABLESPACE_ENV}) is for a"
-            " single server; with --rls-citus each database is made on every node: unset it",
-            returncode=pytest.ExitCode.USAGE_ERROR,
-        )
     if tablespace:
         with server.connect("postgres") as conn:
             found = conn.execute(
@@ -252,9 +246,18 @@ def rls_citus_cluster(rls_server: Server, pytestconfig: pytest.Config) -> CitusC
     if not (pytestconfig.getoption("rls_citus") or pytestconfig.getini("rls_citus")):
         return None
     try:
-        return CitusCluster.of(rls_server)
+        cluster = CitusCluster.of(rls_server)
     except TodoRlsError as error:
         pytest.exit(f"todo_rls.testing: --rls-citus: {error}", returncode=3)
+    missing = ", ".join(f"{node.host}:{node.port}" for node in cluster.nodes_without_tablespace())
+    if missing:
+        pytest.exit(
+            f"todo_rls.testing: --rls-citus: node {missing} has no tablespace"
+            f" {rls_server.tablespace!r} (--rls-tablespace, rls_tablespace or ${TABLESPACE_ENV}):"
+            " Citus makes each database on every node, so create it on each",
+            returncode=pytest.ExitCode.USAGE_ERROR,
+        )
+    return cluster
 
 
 Migrate = Callable[[str], None]

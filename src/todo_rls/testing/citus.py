@@ -69,8 +69,26 @@ class CitusCluster:
         return cls(server, coordinator[0], workers)
 
     def node(self, host: str, port: int) -> Server:
-        """The server at host:port, with the coordinator's superuser."""
-        return Server(host, port, self.coordinator.user, self.coordinator.password)
+        """The server at host:port, with the coordinator's superuser and tablespace."""
+        coordinator = self.coordinator
+        return Server(host, port, coordinator.user, coordinator.password, coordinator.tablespace)
+
+    def nodes_without_tablespace(self) -> list[Server]:
+        """The nodes that have no tablespace named as the coordinator's (none: all have)."""
+        if self.coordinator.tablespace is None:
+            return []
+        missing = []
+        for server in self.nodes:
+            with server.connect("postgres") as conn:
+                if (
+                    conn.execute(
+                        "select from pg_catalog.pg_tablespace where spcname = %s",
+                        (self.coordinator.tablespace,),
+                    ).fetchone()
+                    is None
+                ):
+                    missing.append(server)
+        return missing
 
     @property
     def nodes(self) -> tuple[Server, ...]:
@@ -83,11 +101,15 @@ class CitusCluster:
         self.add_citus(name)
 
     def create_plain_database(self, name: str, shard_count: int | None = TEST_SHARD_COUNT) -> None:
-        """Database name on every node (propagated CREATE DATABASE), without the extension."""
+        """Database name on every node (propagated CREATE DATABASE), without the extension, in
+        the coordinator's tablespace (Citus propagates the name: each node needs its own)."""
         identifier = sql.Identifier(name)
+        create = sql.SQL("create database {}").format(identifier)
+        if self.coordinator.tablespace is not None:  # one of that name on every node
+            create += sql.SQL(" tablespace {}").format(sql.Identifier(self.coordinator.tablespace))
         with self.coordinator.connect("postgres", autocommit=True) as conn:
             conn.execute("set citus.enable_create_database_propagation = on")
-            conn.execute(sql.SQL("create database {}").format(identifier))
+            conn.execute(create)
             if shard_count is not None:
                 conn.execute(
                     sql.SQL("alter database {} set citus.shard_count = {}").format(
