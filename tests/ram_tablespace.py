@@ -12,7 +12,8 @@ nothing.
 One tablespace per run, made by the process that starts the run (the xdist controller, or the
 only process) and named in $TODO_RLS_TEST_TABLESPACE, which the workers, the plugin's pytester
 runs and the subprocesses inherit. It is dropped when the run ends; a database of the run still
-in it fails the run, named, and is dropped.
+in it fails the run, named, and is dropped. A run killed outright (SIGKILL) leaves it behind,
+named after its pid: drop its databases (`dattablespace`), then `drop tablespace`.
 """
 
 import os
