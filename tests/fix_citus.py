@@ -28,7 +28,7 @@ import pytest
 from psycopg import sql
 
 from todo_rls import keys, migrate
-from todo_rls.demo import BETTER_AUTH_USER_DDL
+from todo_rls.better_auth import BETTER_AUTH_USER_DDL
 from todo_rls.identity import SigningKey
 from todo_rls.testing.citus import CitusCluster, NotACitusCoordinatorError
 from todo_rls.testing.database import Server, ensure_login_role

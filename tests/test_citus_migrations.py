@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, pool, text
 
 import todo_rls
 from todo_rls import MigrationPreconditionError, keys, migrate
-from todo_rls.demo import BETTER_AUTH_USER_DDL
+from todo_rls.better_auth import BETTER_AUTH_USER_DDL
 from todo_rls.identity import SigningKey
 from todo_rls.testing.citus import CitusCluster
 from todo_rls.testing.database import ensure_login_role
