@@ -40,16 +40,13 @@ def timed(conn: psycopg.Connection[Any], statement: sql.Composed) -> float:
 def measure(server: Server, template: str, rounds: int) -> dict[str, list[float]]:
     """Seconds per copy and per drop, for each place, over rounds taken in turns."""
     copy = f"{template}_copy"
+    places = {"default": replace(server, tablespace="pg_default"), "RAM disk": server}
+    drop = sql.SQL("drop database {}").format(sql.Identifier(copy))
     times: dict[str, list[float]] = {}
     with server.connect("postgres", autocommit=True) as conn:
         for _ in range(rounds):
-            for place in ("default", "RAM disk"):
-                create = sql.SQL("create database {} template {}").format(
-                    sql.Identifier(copy), sql.Identifier(template)
-                )
-                if place == "default":
-                    create += sql.SQL(" tablespace pg_default")
-                drop = sql.SQL("drop database {}").format(sql.Identifier(copy))
+            for place, placed in places.items():
+                create = placed.create_database_sql(copy, template=template)
                 times.setdefault(f"copy, {place}", []).append(timed(conn, create))
                 times.setdefault(f"drop, {place}", []).append(timed(conn, drop))
     return times

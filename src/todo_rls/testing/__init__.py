@@ -160,18 +160,14 @@ def rls_server(request: pytest.FixtureRequest) -> Server:
         or os.environ.get(TABLESPACE_ENV)
     )
     if tablespace:
-        with server.connect("postgres") as conn:
-            found = conn.execute(
-                "select from pg_catalog.pg_tablespace where spcname = %s", (tablespace,)
-            ).fetchone()
-        if found is None:
+        server = replace(server, tablespace=tablespace)
+        if not server.has_tablespace():
             pytest.exit(
                 f"todo_rls.testing: the server has no tablespace {tablespace!r}"
                 f" (--rls-tablespace, rls_tablespace or ${TABLESPACE_ENV}): create it, or unset"
                 " the setting to use the server's default",
                 returncode=pytest.ExitCode.USAGE_ERROR,
             )
-        server = replace(server, tablespace=tablespace)
     return server
 
 
@@ -249,7 +245,7 @@ def rls_citus_cluster(rls_server: Server, pytestconfig: pytest.Config) -> CitusC
         cluster = CitusCluster.of(rls_server)
     except TodoRlsError as error:
         pytest.exit(f"todo_rls.testing: --rls-citus: {error}", returncode=3)
-    missing = ", ".join(f"{node.host}:{node.port}" for node in cluster.nodes_without_tablespace())
+    missing = ", ".join(f"{node.host}:{node.port}" for node in cluster.workers_without_tablespace())
     if missing:
         pytest.exit(
             f"todo_rls.testing: --rls-citus: node {missing} has no tablespace"

@@ -73,22 +73,9 @@ class CitusCluster:
         coordinator = self.coordinator
         return Server(host, port, coordinator.user, coordinator.password, coordinator.tablespace)
 
-    def nodes_without_tablespace(self) -> list[Server]:
-        """The nodes that have no tablespace named as the coordinator's (none: all have)."""
-        if self.coordinator.tablespace is None:
-            return []
-        missing = []
-        for server in self.nodes:
-            with server.connect("postgres") as conn:
-                if (
-                    conn.execute(
-                        "select from pg_catalog.pg_tablespace where spcname = %s",
-                        (self.coordinator.tablespace,),
-                    ).fetchone()
-                    is None
-                ):
-                    missing.append(server)
-        return missing
+    def workers_without_tablespace(self) -> list[Server]:
+        """The workers that have no tablespace named as the coordinator's (none: all have)."""
+        return [node for node in self.nodes[1:] if not node.has_tablespace()]
 
     @property
     def nodes(self) -> tuple[Server, ...]:
@@ -104,12 +91,9 @@ class CitusCluster:
         """Database name on every node (propagated CREATE DATABASE), without the extension, in
         the coordinator's tablespace (Citus propagates the name: each node needs its own)."""
         identifier = sql.Identifier(name)
-        create = sql.SQL("create database {}").format(identifier)
-        if self.coordinator.tablespace is not None:  # one of that name on every node
-            create += sql.SQL(" tablespace {}").format(sql.Identifier(self.coordinator.tablespace))
         with self.coordinator.connect("postgres", autocommit=True) as conn:
             conn.execute("set citus.enable_create_database_propagation = on")
-            conn.execute(create)
+            conn.execute(self.coordinator.create_database_sql(name))
             if shard_count is not None:
                 conn.execute(
                     sql.SQL("alter database {} set citus.shard_count = {}").format(

@@ -117,16 +117,30 @@ class Server:
         except psycopg.OperationalError as error:
             return " ".join(str(error).split())  # libpq breaks its message over lines
 
+    def has_tablespace(self) -> bool:
+        """Whether the server has the tablespace named in self.tablespace (None: always)."""
+        if self.tablespace is None:
+            return True
+        with self.connect("postgres") as conn:
+            return (
+                conn.execute(
+                    "select from pg_catalog.pg_tablespace where spcname = %s", (self.tablespace,)
+                ).fetchone()
+                is not None
+            )
+
     def create_database(
         self, name: str, *, template: str | None = None, is_template: bool = False
     ) -> None:
         """CREATE DATABASE name (empty, or a copy of template) in this server's tablespace."""
         with self.connect("postgres", autocommit=True) as conn:
-            conn.execute(self._create_database_sql(name, template, is_template))
+            conn.execute(self.create_database_sql(name, template=template, is_template=is_template))
 
-    def _create_database_sql(
-        self, name: str, template: str | None, is_template: bool
+    def create_database_sql(
+        self, name: str, *, template: str | None = None, is_template: bool = False
     ) -> sql.Composed:
+        """The CREATE DATABASE statement of create_database, to run on a connection of one's
+        own (Citus's propagation, say)."""
         create = sql.SQL("create database {}").format(sql.Identifier(name))
         if template is not None:
             create += sql.SQL(" template {}").format(sql.Identifier(template))
@@ -141,7 +155,7 @@ class Server:
         """A uniquely named database (empty, or a copy of template), dropped afterwards."""
         name = f"todo_rls_scratch_{os.getpid()}_{secrets.token_hex(4)}"
         with self.connect("postgres", autocommit=True) as conn:
-            conn.execute(self._create_database_sql(name, template, is_template=False))
+            conn.execute(self.create_database_sql(name, template=template))
             on_14 = conn.info.server_version < 150000
         try:
             if on_14 and template is None:
