@@ -23,7 +23,7 @@ from todo_rls.testing.database import TABLESPACE_ENV
 from todo_rls.testing.database import create_user as create_user  # re-exported ("as"): the
 from todo_rls.testing.database import new_user_id as new_user_id  # tests import them from here
 
-from fix_server import SERVER_KEY, PgServer
+from fix_server import SERVER_KEY, PgServer, fail_run_for_leftovers
 from fix_shared import SharedDatabase
 
 # Roles are cluster-wide and these can read every row once they set a user id, so each run has
@@ -354,10 +354,10 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
                 with contextlib.suppress(psycopg.Error):
                     conn.execute(sql.SQL("drop role {}").format(sql.Identifier(name)))
     if problems:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        for problem in problems:
-            message = f"LEFTOVER ROLES: {problem} (tests must leave the server as they found it)"
-            if reporter is not None:
-                reporter.write_line(message, red=True, bold=True)
-        if session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        fail_run_for_leftovers(
+            session,
+            [
+                f"LEFTOVER ROLES: {problem} (tests must leave the server as they found it)"
+                for problem in problems
+            ],
+        )

@@ -85,16 +85,24 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     del os.environ[TABLESPACE_ENV]
     left = ram_tablespace.drop(session.config.stash[SERVER_KEY], made)
     if left:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(
-                f"LEFTOVER DATABASES: {', '.join(left)} (dropped now; tests must leave the"
-                " server as they found it)",
-                red=True,
-                bold=True,
-            )
-        if session.exitstatus == pytest.ExitCode.OK:
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        fail_run_for_leftovers(
+            session,
+            [
+                f"LEFTOVER DATABASES: {', '.join(left)} (dropped now; tests must leave the server"
+                " as they found it)"
+            ],
+        )
+
+
+def fail_run_for_leftovers(session: pytest.Session, messages: list[str]) -> None:
+    """Print each message, loudly, and fail a run that had passed: what a run made and left on
+    the server (cleaned up already) is a failure even when every test passed."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        for message in messages:
+            reporter.write_line(message, red=True, bold=True)
+    if session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")
