@@ -136,7 +136,7 @@ def citus_cluster() -> Iterator[CitusCluster]:
         cluster = CitusCluster.of(server, str(dbname))
     except NotACitusCoordinatorError as error:
         pytest.fail(f"${CITUS_URL_ENV}: {error}", pytrace=False)
-    made = _ram_tablespaces(cluster)
+    made = ram_tablespaces_on_every_node(cluster)
     if made:
         coordinator = dataclasses.replace(cluster.coordinator, tablespace=made[0][1].name)
         cluster = dataclasses.replace(cluster, coordinator=coordinator)
@@ -152,7 +152,7 @@ def citus_cluster() -> Iterator[CitusCluster]:
 NodeTablespace = tuple[Server, ram_tablespace.RamTablespace]
 
 
-def _ram_tablespaces(cluster: CitusCluster) -> list[NodeTablespace]:
+def ram_tablespaces_on_every_node(cluster: CitusCluster) -> list[NodeTablespace]:
     """One tablespace on the RAM disk for each node, under one name (Citus propagates CREATE
     DATABASE ... TABLESPACE by name), or none if a node cannot have one."""
     name = f"todo_rls_test_ts_{os.getpid()}_{secrets.token_hex(3)}"

@@ -77,14 +77,15 @@ def drop(server: Server, tablespace: RamTablespace) -> list[str]:
     (dropped first, so the server is clean either way)."""
     with server.connect("postgres", autocommit=True) as conn:
         rows = conn.execute(
-            "select d.datname::text from pg_catalog.pg_database d"
+            "select d.datname::text, d.datistemplate from pg_catalog.pg_database d"
             " join pg_catalog.pg_tablespace t on t.oid = d.dattablespace where t.spcname = %s",
             (tablespace.name,),
         ).fetchall()
-        left = sorted(name for (name,) in rows)
-        for name in left:
+        left = sorted(name for name, _ in rows)
+        for name, is_template in sorted(rows):
             database = sql.Identifier(name)
-            conn.execute(sql.SQL("alter database {} is_template false").format(database))
+            if is_template:  # (a Citus worker refuses ALTER DATABASE; its copies are no templates)
+                conn.execute(sql.SQL("alter database {} is_template false").format(database))
             conn.execute(sql.SQL("drop database {} with (force)").format(database))
         conn.execute(sql.SQL("drop tablespace {}").format(sql.Identifier(tablespace.name)))
     shutil.rmtree(tablespace.location, ignore_errors=True)

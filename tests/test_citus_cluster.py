@@ -1,0 +1,71 @@
+"""Dropping a Citus test database on a real cluster: CitusCluster.drop_database when a killed
+run left it on some nodes only, and the suite's RAM tablespaces when a run left a database in
+them on every node (the workers refuse ALTER DATABASE)."""
+
+import dataclasses
+import shutil
+
+import pytest
+
+from todo_rls.testing.citus import CitusCluster, new_database_name
+
+import ram_tablespace
+from fix_citus import ram_tablespaces_on_every_node
+
+pytestmark = pytest.mark.citus
+
+
+def on_nodes(cluster: CitusCluster, name: str) -> list[bool]:
+    """Whether each node (coordinator first) has database name."""
+    found = []
+    for node in cluster.nodes:
+        with node.connect("postgres", autocommit=True) as conn:
+            row = conn.execute("select 1 from pg_catalog.pg_database where datname = %s", (name,))
+            found.append(row.fetchone() is not None)
+    return found
+
+
+def test_a_database_a_killed_run_left_on_some_nodes_only_is_dropped_on_those(
+    citus_cluster: CitusCluster,
+) -> None:
+    name = new_database_name()
+    citus_cluster.create_plain_database(name)
+    with citus_cluster.nodes[2].connect("postgres", autocommit=True) as conn:
+        conn.execute(f'drop database "{name}" with (force)')
+    assert on_nodes(citus_cluster, name) == [True, True, False]
+
+    citus_cluster.drop_database(name)
+    assert on_nodes(citus_cluster, name) == [False, False, False]
+
+
+def test_a_database_left_in_the_ram_tablespaces_is_named_and_dropped_on_every_node(
+    citus_cluster: CitusCluster,
+) -> None:
+    # Seen in a run: the cleanup un-templated each database it found, and a worker refused
+    # (ALTER DATABASE is the coordinator's), so the tablespaces and the copies stayed.
+    made = ram_tablespaces_on_every_node(citus_cluster)
+    if not made:
+        pytest.skip("no RAM disk here for a tablespace on every node")
+    coordinator = dataclasses.replace(citus_cluster.coordinator, tablespace=made[0][1].name)
+    cluster = dataclasses.replace(citus_cluster, coordinator=coordinator)
+    name = new_database_name()
+    try:
+        cluster.create_plain_database(name)
+        assert on_nodes(cluster, name) == [True, True, True]
+
+        left = [ram_tablespace.drop(node, tablespace) for node, tablespace in made]
+    finally:  # what a failure left, node by node
+        for node, tablespace in made:
+            with node.connect("postgres", autocommit=True) as conn:
+                conn.execute(f'drop database if exists "{name}" with (force)')
+                conn.execute(f'drop tablespace if exists "{tablespace.name}"')
+            shutil.rmtree(tablespace.location, ignore_errors=True)
+    assert left == [[name]] * 3
+    assert on_nodes(cluster, name) == [False, False, False]
+    for node, tablespace in made:
+        with node.connect("postgres", autocommit=True) as conn:
+            row = conn.execute(
+                "select 1 from pg_catalog.pg_tablespace where spcname = %s", (tablespace.name,)
+            )
+            assert row.fetchone() is None
+        assert not tablespace.location.exists()
