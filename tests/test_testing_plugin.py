@@ -335,11 +335,21 @@ def test_probes_reach_the_same_with_and_without_pipeline_mode(
     assert seen[True] == seen[False]
 
 
-def test_a_probe_costs_one_round_trip_and_its_rollback(
+def test_a_probe_costs_one_round_trip_and_a_refused_one_its_rollback(
     note: str, rls_assert_owner_isolated: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # libpq's trace of every connection the matrix opens. Each Sync or simple Query the client
     # sends is a wait for the server's ReadyForQuery: a round trip.
+    refused = []
+    reached = isolation._Matrix.reached
+
+    def spy(m: Any, conn: Any, user_id: Any, statement: Any, *args: Any) -> int | None:
+        result = reached(m, conn, user_id, statement, *args)
+        if result is None and statement.kind != "copy":
+            refused.append(statement)
+        return result
+
+    monkeypatch.setattr(isolation._Matrix, "reached", spy)
     connect = psycopg.connect
     with ExitStack() as files:
 
@@ -357,10 +367,14 @@ def test_a_probe_costs_one_round_trip_and_its_rollback(
         for path in tmp_path.iterdir()
     )
     # memo's 10 commands, each for its control and every actor, and the owner's give-away: one
-    # pipeline and a ROLLBACK each, COPY (once per command's probe) one more; the reused
-    # connection's scoping (BEGIN, scope, COMMIT) 3. Before the pipeline: 869.
+    # pipeline each, its ROLLBACK in it; a refused statement skips that ROLLBACK, which costs
+    # one more. COPY's probes (one command) two more: the COPY, then the ROLLBACK. The reused
+    # connection's scoping (BEGIN, scope, COMMIT) 3. Before the pipeline: 869; before the
+    # ROLLBACK was pipelined: 257.
     probes = 10 * (len(isolation.ACTORS) + 1) + 1
-    assert waits == 2 * probes + (len(isolation.ACTORS) + 1) + 3
+    copies = len(isolation.ACTORS) + 1
+    assert refused, "positive control: some probes of memo are refused"
+    assert waits == probes + len(refused) + 2 * copies + 3
 
 
 # --- the project's own tables ------------------------------------------------------------

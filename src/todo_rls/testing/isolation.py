@@ -450,7 +450,7 @@ class _Matrix:
             return self._reached(conn, prelude, statement, refusals)
         finally:
             if not conn.broken:  # a broken connection's own error is the one to raise
-                conn.rollback()  # whatever happened, the probe leaves nothing behind
+                conn.rollback()  # after an error (else the pipeline's ROLLBACK ran: no round trip)
 
     def _reached(
         self,
@@ -459,8 +459,9 @@ class _Matrix:
         statement: _Statement,
         refusals: tuple[type[psycopg.Error], ...],
     ) -> int | None:
-        # One round trip for the prelude and the statement: one pipeline, one Sync. COPY
-        # cannot be pipelined: it follows the prelude's round trip.
+        # One round trip for the prelude, the statement and its ROLLBACK: one pipeline, one
+        # Sync (a statement that fails skips the ROLLBACK: reached()'s own ends the
+        # transaction). COPY cannot be pipelined: it follows the prelude's round trip.
         pipelined = statement.kind != "copy"
         cursors: list[psycopg.Cursor[Any]] = []
         error: psycopg.Error | None = None
@@ -470,6 +471,8 @@ class _Matrix:
                     cursors.append(conn.execute(query, params))
                 if pipelined:
                     cursors.append(conn.execute(statement.query, statement.params))
+                    if PIPELINE:
+                        conn.execute("rollback")
         except psycopg.Error as raised:
             if not _answered(cursors, len(prelude)):
                 raise  # BEGIN's, the role check's or the scope's: never a refusal
@@ -498,6 +501,9 @@ class _Matrix:
         transaction-local settings), so one per actor serves every statement, and one that
         never sets app.user_id stays unset. "reused": first scoped to the owner and committed."""
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
+            # Unprepared: the pipeline's ROLLBACK makes psycopg drop its prepared statements
+            # with a DEALLOCATE ALL of its own (a round trip) once it has prepared any.
+            conn.prepare_threshold = None
             if actor == "reused":
                 with conn.transaction():
                     conn.execute(self.scope_sql, (self.owner, self.signature("owner", self.owner)))
