@@ -6,6 +6,8 @@ it with enable_owner_rls. Each chain keeps its own version table; `todo-rls chec
 without --allow; upgrade, downgrade to base and upgrade again all work.
 """
 
+import contextlib
+import io
 import json
 import shutil
 import subprocess
@@ -13,7 +15,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
+import alembic.config
 import psycopg
 import pytest
 from alembic.script import ScriptDirectory
@@ -27,8 +31,8 @@ from fix_db import APP_LOGIN, url_as
 from fix_server import PgServer
 
 ALEMBIC = Path(sys.executable).with_name("alembic")
-# One xdist worker for the module: the app's project (three alembic interpreter starts) is made
-# once, not once by each worker its tests are spread over.
+# One xdist worker for the module: the app's project (three alembic commands) is made once, not
+# once by each worker its tests are spread over.
 pytestmark = pytest.mark.xdist_group("downstream_alembic")
 # The bodies appended to what `alembic revision` generated (the later def wins).
 FEATURE_FLAGS = """
@@ -71,13 +75,24 @@ def downgrade() -> None:
 '''
 
 
-def run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """Run the alembic CLI in the app's folder; fail the test with its output if it fails."""
-    result = subprocess.run(  # noqa: S603 (our interpreter's alembic, fixed arguments)
-        [str(ALEMBIC), *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result
+def run(*args: str, cwd: Path) -> str:
+    """The alembic CLI (its console script's main) in the app's folder, in this process; what
+    it printed. An interpreter start costs more than the command (13 of them: 17 s of a run's
+    CPU). The app's env.py would configure logging from its alembic.ini (fileConfig), which
+    disables this worker's loggers: that one call does nothing here. A failure fails the test
+    with the output; test_the_apps_owned_table_before_todo_rls_... runs the console script."""
+    printed = io.StringIO()
+    with (
+        contextlib.chdir(cwd),
+        contextlib.redirect_stdout(printed),
+        contextlib.redirect_stderr(printed),
+        mock.patch("logging.config.fileConfig"),
+    ):
+        try:
+            alembic.config.main(argv=args, prog="alembic")
+        except SystemExit as exit:  # the CLI's own errors (CommandError): "FAILED: ..."
+            raise AssertionError(f"alembic {' '.join(args)}: {printed.getvalue()}") from exit
+    return printed.getvalue()
 
 
 @pytest.fixture
@@ -92,8 +107,8 @@ def database(pg_server: PgServer, migrated_server: Any) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def app_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A project made by `alembic init`, with two revisions; made once, as the CLI makes it
-    (three interpreter starts), and copied for each test."""
+    """A project made by `alembic init`, with two revisions; made once, as the CLI makes it,
+    and copied for each test."""
     project = tmp_path_factory.mktemp("app")
     run("init", "migrations", cwd=project)
     for rev_id, message, body in (
@@ -101,7 +116,7 @@ def app_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("a2", "journal", JOURNAL),
     ):
         created = run("revision", "-m", message, "--rev-id", rev_id, cwd=project)
-        assert "Generating" in created.stdout
+        assert "Generating" in created
         (path,) = (project / "migrations" / "versions").glob(f"{rev_id}_*.py")
         path.write_text(path.read_text() + body)
     return project
