@@ -41,6 +41,9 @@ START_TIMEOUT_SECONDS = 30
 
 pytestmark = [
     pytest.mark.slow,  # a Node server and real HTTP round trips
+    # One xdist worker for the module: the stack (two servers, three migrations) is made once,
+    # not once by each worker its tests are spread over.
+    pytest.mark.xdist_group("e2e_better_auth"),
     pytest.mark.skipif(
         shutil.which("node") is None,
         reason="Node.js is not on PATH; install Node 20+ to run the Better Auth end-to-end test",
