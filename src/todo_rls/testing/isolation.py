@@ -79,6 +79,12 @@ _FK_REFUSALS = (
     psycopg.errors.ForeignKeyViolation,
     _CONTEXT_REFUSED,
 )
+# The actors with a connection of their own: "unset" must never have set app.user_id in its
+# session, "reused" carries the owner's committed scope. Every other probe sets its own
+# transaction-local context and is rolled back, so the rest share the owner's connection, as a
+# pooled connection serves one user after another (each connection costs a backend: on Citus,
+# one on every worker it reaches too).
+_OWN_CONNECTION = ("unset", "reused")
 # Each probe is one pipeline (one round trip); without libpq's pipeline mode (libpq < 14) the
 # same statements go one after the other, a round trip each.
 PIPELINE = psycopg.Pipeline.is_supported()
@@ -497,9 +503,8 @@ class _Matrix:
 
     @contextmanager
     def connection(self, actor: str) -> Iterator[psycopg.Connection[Any]]:
-        """actor's own connection: its transactions leave nothing behind (rolled back,
-        transaction-local settings), so one per actor serves every statement, and one that
-        never sets app.user_id stays unset. "reused": first scoped to the owner and committed."""
+        """A new connection for actor: "reused" first scoped to the owner and committed; any
+        other as it comes, never scoped ("unset" keeps it so)."""
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             # Unprepared: the pipeline's ROLLBACK makes psycopg drop its prepared statements
             # with a DEALLOCATE ALL of its own (a round trip) once it has prepared any.
@@ -637,7 +642,11 @@ def find_leaks(
     leaks = []
     probes = _probes(m)
     with ExitStack() as stack:
-        conns = {actor: stack.enter_context(m.connection(actor)) for actor in ["owner", *ACTORS]}
+        shared = stack.enter_context(m.connection("owner"))
+        conns = {
+            actor: stack.enter_context(m.connection(actor)) if actor in _OWN_CONNECTION else shared
+            for actor in ["owner", *ACTORS]
+        }
         for command, probe in probes.items():
             control_user = m.user_id(probe.control_actor)
             assert control_user is not None
@@ -659,10 +668,7 @@ def find_leaks(
             command = f"update {ref.pointing}"
             control = m.reached(conns["owner"], m.owner, m.repoint(ref, m.key), _FK_REFUSALS)
             _assert_control(table, command, control)
-            with m.connection("mover") as conn:
-                reached = m.reached(
-                    conn, m.mover, m.repoint(ref, m.mover_key), _FK_REFUSALS, "mover"
-                )
+            reached = m.reached(shared, m.mover, m.repoint(ref, m.mover_key), _FK_REFUSALS, "mover")
             if reached:
                 detail = f"reached {reached} row(s)"
                 leaks.append(Leak(table, command, "mover", detail, ref.fix(m.owner_name)))
