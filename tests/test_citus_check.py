@@ -48,6 +48,28 @@ def findings(app: CitusApp) -> list[Finding]:
     return found
 
 
+def test_each_tables_placements_are_read_once_per_check(
+    citus_app: CitusApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A read of run_command_on_placements opens a connection to every placement (a backend
+    # and a TLS handshake on a worker): CIT001 and CIT002 share one read per table.
+    with connect(app_url(citus_app)) as conn:
+        reads: list[int] = []
+        execute = conn.execute
+
+        def counting(query: Any, params: Any = None, **kwargs: Any) -> Any:
+            if "run_command_on_placements" in str(query):
+                reads.append(params["table"])
+            return execute(query, params, **kwargs)
+
+        monkeypatch.setattr(conn, "execute", counting)
+        ctx, found = audit(conn)
+        tables = citus_tables(ctx)
+    assert found == []
+    assert len(tables) == len(OWNED_TABLES)  # positive control: there were placements to read
+    assert sorted(reads) == sorted(table.oid for table in tables)
+
+
 def test_migrated_citus_database_has_no_findings(citus_app: CitusApp) -> None:
     with connect(app_url(citus_app)) as conn:
         ctx, found = audit(conn)

@@ -1,6 +1,6 @@
 """What every rule of `todo-rls check` looks at: the tables in scope and the app's roles."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -44,6 +44,8 @@ class Context:
     login_roles: tuple[Role, ...]  # LOGIN members of the app role (or those named)
     tables: tuple[Table, ...]
     allow: tuple[str, ...]  # tables and views of the app schema that need no RLS
+    # What one check run read once for several rules (rules_citus: the placements' state).
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def roles(self) -> tuple[Role, ...]:

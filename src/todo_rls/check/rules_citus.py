@@ -122,12 +122,18 @@ def _hashable(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _placements(ctx: Context, table: CitusTable) -> Iterator[tuple[str, dict[str, Any] | str]]:
-    """(placement, its state or the error reading it) for every placement of table."""
-    params = {"table": table.oid, "command": _SHARD_STATE}
-    for host, port, shard, success, result in ctx.conn.execute(_ON_PLACEMENTS, params):
-        where = f"shard {shard} on {host}:{port}"
-        yield where, (_state(result) if success else str(result))
+def _placements(ctx: Context, table: CitusTable) -> list[tuple[str, dict[str, Any] | str]]:
+    """(placement, its state or the error reading it) for every placement of table. Read once
+    per run (CIT001 and CIT002 both look): each read opens a connection to every placement."""
+    key = ("placements", table.oid)
+    if key not in ctx.memo:
+        params = {"table": table.oid, "command": _SHARD_STATE}
+        ctx.memo[key] = [
+            (f"shard {shard} on {host}:{port}", _state(result) if success else str(result))
+            for host, port, shard, success, result in ctx.conn.execute(_ON_PLACEMENTS, params)
+        ]
+    placements: list[tuple[str, dict[str, Any] | str]] = ctx.memo[key]
+    return placements
 
 
 def _table_state(ctx: Context, table: CitusTable) -> dict[str, Any]:
