@@ -76,17 +76,19 @@ def drop(server: Server, tablespace: RamTablespace) -> list[str]:
     """Drop the tablespace and remove its folder; return the databases the run left in it
     (dropped first, so the server is clean either way)."""
     with server.connect("postgres", autocommit=True) as conn:
-        rows = conn.execute(
-            "select d.datname::text, d.datistemplate from pg_catalog.pg_database d"
-            " join pg_catalog.pg_tablespace t on t.oid = d.dattablespace where t.spcname = %s",
-            (tablespace.name,),
-        ).fetchall()
-        left = sorted(name for name, _ in rows)
-        for name, is_template in sorted(rows):
+        left = sorted(
+            conn.execute(
+                "select d.datname::text, d.datistemplate from pg_catalog.pg_database d"
+                " join pg_catalog.pg_tablespace t on t.oid = d.dattablespace"
+                " where t.spcname = %s",
+                (tablespace.name,),
+            ).fetchall()
+        )
+        for name, is_template in left:
             database = sql.Identifier(name)
             if is_template:  # (a Citus worker refuses ALTER DATABASE; its copies are no templates)
                 conn.execute(sql.SQL("alter database {} is_template false").format(database))
             conn.execute(sql.SQL("drop database {} with (force)").format(database))
         conn.execute(sql.SQL("drop tablespace {}").format(sql.Identifier(tablespace.name)))
     shutil.rmtree(tablespace.location, ignore_errors=True)
-    return left
+    return [name for name, _ in left]

@@ -17,12 +17,10 @@ pytestmark = pytest.mark.citus
 
 def on_nodes(cluster: CitusCluster, name: str) -> list[bool]:
     """Whether each node (coordinator first) has database name."""
-    found = []
-    for node in cluster.nodes:
-        with node.connect("postgres", autocommit=True) as conn:
-            row = conn.execute("select 1 from pg_catalog.pg_database where datname = %s", (name,))
-            found.append(row.fetchone() is not None)
-    return found
+    found = cluster.on_every_node(
+        "postgres", "select 1 from pg_catalog.pg_database where datname = %s", name
+    )
+    return [bool(rows) for rows in found]
 
 
 def test_a_database_a_killed_run_left_on_some_nodes_only_is_dropped_on_those(
@@ -62,10 +60,8 @@ def test_a_database_left_in_the_ram_tablespaces_is_named_and_dropped_on_every_no
             shutil.rmtree(tablespace.location, ignore_errors=True)
     assert left == [[name]] * 3
     assert on_nodes(cluster, name) == [False, False, False]
-    for node, tablespace in made:
-        with node.connect("postgres", autocommit=True) as conn:
-            row = conn.execute(
-                "select 1 from pg_catalog.pg_tablespace where spcname = %s", (tablespace.name,)
-            )
-            assert row.fetchone() is None
-        assert not tablespace.location.exists()
+    tablespaces = cluster.on_every_node(
+        "postgres", "select 1 from pg_catalog.pg_tablespace where spcname = %s", made[0][1].name
+    )
+    assert tablespaces == [[], [], []]
+    assert not any(tablespace.location.exists() for _, tablespace in made)

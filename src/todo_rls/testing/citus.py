@@ -124,6 +124,7 @@ class CitusCluster:
         drop = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
         with self.coordinator.connect("postgres", autocommit=True) as conn:
             conn.execute("set citus.enable_create_database_propagation = on")
+            propagating = True
             deadline = time.monotonic() + _DROP_WAIT_SECONDS
             while True:
                 try:
@@ -131,27 +132,25 @@ class CitusCluster:
                     break
                 except psycopg.errors.InvalidCatalogName:
                     # Missing on a worker (a run killed half-way): drop the coordinator's alone.
-                    conn.execute("set citus.enable_create_database_propagation = off")
-                except psycopg.errors.ObjectInUse:
+                    propagating = False
+                except psycopg.errors.ObjectInUse as error:
                     # A worker still has the connections of a coordinator backend that FORCE
                     # just ended: they close a moment later. Seen once: a worker's session
                     # outlived the whole wait, and the drop on that worker itself went through
                     # minutes later: past the wait, each node drops its own.
                     if time.monotonic() < deadline:
                         time.sleep(_DROP_POLL_SECONDS)
-                    elif _propagates(conn):
-                        conn.execute("set citus.enable_create_database_propagation = off")
-                    else:  # the coordinator's own copy is held
-                        raise
+                        continue
+                    if not propagating:  # the coordinator's own copy is held
+                        raise _with_sessions(error, conn, name, self.coordinator) from None
+                    propagating = False
+                conn.execute("set citus.enable_create_database_propagation = off")
         for server in self.nodes[1:]:
             with server.connect("postgres", autocommit=True) as conn:
                 try:
                     conn.execute(drop)
                 except psycopg.errors.ObjectInUse as error:
-                    error.add_note(f"sessions in {name} on {server.host}:{server.port}:")
-                    for session in conn.execute(_SESSIONS, (name,)):
-                        error.add_note(f"  {session}")
-                    raise
+                    raise _with_sessions(error, conn, name, server) from None
 
     @contextmanager
     def database(
@@ -177,9 +176,14 @@ class CitusCluster:
         return results
 
 
-def _propagates(conn: psycopg.Connection[Any]) -> bool:
-    row = conn.execute("show citus.enable_create_database_propagation").fetchone()
-    return row is not None and row[0] == "on"
+def _with_sessions(
+    error: psycopg.Error, conn: psycopg.Connection[Any], name: str, server: Server
+) -> psycopg.Error:
+    """error, with the sessions that hold database name on server (conn's) as its notes."""
+    error.add_note(f"sessions in {name} on {server.host}:{server.port}:")
+    for session in conn.execute(_SESSIONS, (name,)):
+        error.add_note(f"  {session}")
+    return error
 
 
 def new_database_name() -> str:
