@@ -183,6 +183,37 @@ def test_a_key_the_database_does_not_hold_is_refused_naming_it(
         visible_tasks(app_engine, alice_with_a_task, stranger)
 
 
+def engine_at_a_freed_engines_address(url: str, kept: list[object]) -> Engine:
+    """A new engine made where an earlier engine was freed while its dialect lived on (kept,
+    as a traceback kept by pytest or a logger would keep it)."""
+    addresses: set[int] = set()
+    for _ in range(5_000):
+        engine = todo_rls.create_engine(url)  # connects to nothing yet
+        if id(engine) in addresses:
+            return engine
+        addresses.add(id(engine))
+        kept.append(engine.dialect)
+    pytest.fail("CPython never reused a freed engine's address")
+
+
+def test_an_engine_at_a_freed_engines_address_still_names_a_refused_context(
+    app_url: str, alice_with_a_task: str
+) -> None:
+    # SQLAlchemy registers a listener under (id(target), event, id(fn)) and forgets it when the
+    # listener's collection goes. handle_error's collection is the dialect's: installed through
+    # the engine, its key outlived an engine whose dialect lived on, and a new engine at the same
+    # address looked installed already (seen as a flaky test_injection.py).
+    kept: list[object] = []
+    engine = engine_at_a_freed_engines_address(app_url, kept)
+    try:
+        assert visible_tasks(engine, alice_with_a_task, SIGNING_KEY)[0] == 1  # control
+        stranger = SigningKey(os.urandom(32))
+        with pytest.raises(ContextRejectedError, match=f"key {stranger.key_id}, which is not"):
+            visible_tasks(engine, alice_with_a_task, stranger)
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.parametrize(
     ("value", "message"),
     [

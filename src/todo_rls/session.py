@@ -368,14 +368,18 @@ def install_transaction_scoping(engine: Engine) -> None:
     todo_rls.create_engine and create_async_engine call this; scoped_session calls it on any
     Engine it is given, so a plain SQLAlchemy engine is scoped too. Idempotent.
     """
-    for name, listener in (
-        ("begin", _begin_transaction),
-        ("commit", _transaction_ended),
-        ("rollback", _transaction_ended),
-        ("handle_error", _context_error),
+    # Each listener goes on the object whose dispatch holds it: SQLAlchemy files a listener under
+    # (id(target), event, id(fn)) until that dispatch is freed, and handle_error's is the
+    # dialect's. Filed under the engine, it outlived an engine whose dialect lived on, and a new
+    # engine at the freed address looked installed already: refusals came out untranslated.
+    for target, name, listener in (
+        (engine, "begin", _begin_transaction),
+        (engine, "commit", _transaction_ended),
+        (engine, "rollback", _transaction_ended),
+        (engine.dialect, "handle_error", _context_error),
     ):
-        if not event.contains(engine, name, listener):
-            event.listen(engine, name, listener)
+        if not event.contains(target, name, listener):
+            event.listen(target, name, listener)
 
 
 def _context_error(context: Any) -> None:
