@@ -36,6 +36,33 @@ def test_a_database_a_killed_run_left_on_some_nodes_only_is_dropped_on_those(
     assert on_nodes(citus_cluster, name) == [False, False, False]
 
 
+# A database Citus still lists as distributed, on a node, though the node has no such database.
+STALE_DISTRIBUTED_DATABASES = """
+select count(*)::int from pg_catalog.pg_dist_object o
+where o.classid = 'pg_catalog.pg_database'::regclass
+  and not exists (select from pg_catalog.pg_database d where d.oid = o.objid)
+"""
+
+
+def test_a_dropped_database_leaves_no_row_in_citus_metadata_on_any_node(
+    citus_cluster: CitusCluster,
+) -> None:
+    name = new_database_name()
+    before = citus_cluster.on_every_node("postgres", STALE_DISTRIBUTED_DATABASES)
+    citus_cluster.create_database(name)  # propagated: each node lists it as distributed
+    listed = citus_cluster.on_every_node(
+        "postgres",
+        "select count(*)::int from pg_catalog.pg_dist_object o"
+        " join pg_catalog.pg_database d on d.oid = o.objid where d.datname = %s",
+        name,
+    )
+    assert listed == [[(1,)]] * 3  # control
+
+    citus_cluster.drop_database(name)
+    assert on_nodes(citus_cluster, name) == [False, False, False]
+    assert citus_cluster.on_every_node("postgres", STALE_DISTRIBUTED_DATABASES) == before
+
+
 def test_a_database_left_in_the_ram_tablespaces_is_named_and_dropped_on_every_node(
     citus_cluster: CitusCluster,
 ) -> None:
