@@ -227,6 +227,7 @@ def _bench_roles(bench_db: BenchDb) -> set[str]:
     return {name for (name,) in rows}
 
 
+@pytest.mark.slow  # the whole bench, a few seconds: the fast tier keeps the isolation tests
 def test_bench_tiny_json_smoke_then_its_login_roles_are_gone(
     bench_db: BenchDb,
     tmp_path: Path,
@@ -452,6 +453,7 @@ def test_progress_on_a_terminal_is_a_bar_or_says_how_to_get_one(
     ]
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_the_cli_and_the_bench_load_without_the_bench_extra() -> None:
     # tqdm and matplotlib are the bench extra's: without them every command still loads.
     script = (
