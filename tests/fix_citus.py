@@ -136,6 +136,8 @@ def citus_cluster() -> Iterator[CitusCluster]:
         cluster = CitusCluster.of(server, str(dbname))
     except NotACitusCoordinatorError as error:
         pytest.fail(f"${CITUS_URL_ENV}: {error}", pytrace=False)
+    for node in cluster.nodes:  # what runs killed outright left (ram_tablespace.drop_orphans)
+        ram_tablespace.drop_orphans(node)
     made = ram_tablespaces_on_every_node(cluster)
     if made:
         coordinator = dataclasses.replace(cluster.coordinator, tablespace=made[0][1].name)

@@ -60,6 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
     workers and every process they start find in the environment."""
     server = find_server()
     if TABLESPACE_ENV not in os.environ:
+        config.stash[_ORPHANS_DROPPED] = ram_tablespace.drop_orphans(server)
         made = ram_tablespace.make(server)
         if made is not None:
             config.stash[_MADE_TABLESPACE] = made
@@ -74,6 +75,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 SERVER_KEY = pytest.StashKey[Server]()
 _MADE_TABLESPACE = pytest.StashKey[ram_tablespace.RamTablespace]()
+_ORPHANS_DROPPED = pytest.StashKey[list[str]]()
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    dropped = config.stash.get(_ORPHANS_DROPPED, [])
+    if not dropped:
+        return None
+    return f"dropped the tablespaces of runs killed outright, with their databases: {dropped}"
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

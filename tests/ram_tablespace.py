@@ -12,11 +12,12 @@ nothing.
 One tablespace per run, made by the process that starts the run (the xdist controller, or the
 only process) and named in $TODO_RLS_TEST_TABLESPACE, which the workers, the plugin's pytester
 runs and the subprocesses inherit. It is dropped when the run ends; a database of the run still
-in it fails the run, named, and is dropped. A run killed outright (SIGKILL) leaves it behind,
-named after its pid: drop its databases (`dattablespace`), then `drop tablespace`.
+in it fails the run, named, and is dropped. A run killed outright (SIGKILL, a CI timeout) leaves
+it behind, named after its pid: the next run drops it, with its databases (drop_orphans).
 """
 
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -29,6 +30,9 @@ from psycopg import sql
 from todo_rls.testing.database import Server, is_local_host
 
 RAM_DISK = Path("/dev/shm")  # noqa: S108 - only mkdtemp makes folders in it (0700, unique)
+# make()'s names: the pid of the process that made it, then random hex.
+_NAME = re.compile(r"todo_rls_test_ts_(?P<pid>\d+)_[0-9a-f]{6}")
+_FOLDER_PREFIX = "todo-rls-tablespace-"
 # Below this much free space on the RAM disk the run keeps the server's default tablespace (a
 # container's /dev/shm is often 64 MB: a few databases would fill it).
 MIN_FREE_BYTES = 1 << 30
@@ -56,7 +60,7 @@ def make(server: Server, name: str | None = None) -> RamTablespace | None:
             server_uid = Path(data_directory).stat().st_uid
         except OSError:  # the server runs elsewhere (a container publishing its port)
             return None
-        location = Path(tempfile.mkdtemp(prefix="todo-rls-tablespace-", dir=RAM_DISK))
+        location = Path(tempfile.mkdtemp(prefix=_FOLDER_PREFIX, dir=RAM_DISK))
         name = name or f"todo_rls_test_ts_{os.getpid()}_{secrets.token_hex(3)}"
         try:
             if os.getuid() != server_uid:
@@ -88,7 +92,48 @@ def drop(server: Server, tablespace: RamTablespace) -> list[str]:
             database = sql.Identifier(name)
             if is_template:  # (a Citus worker refuses ALTER DATABASE; its copies are no templates)
                 conn.execute(sql.SQL("alter database {} is_template false").format(database))
-            conn.execute(sql.SQL("drop database {} with (force)").format(database))
-        conn.execute(sql.SQL("drop tablespace {}").format(sql.Identifier(tablespace.name)))
+            conn.execute(sql.SQL("drop database if exists {} with (force)").format(database))
+        drop_tablespace = sql.SQL("drop tablespace if exists {}")
+        conn.execute(drop_tablespace.format(sql.Identifier(tablespace.name)))
     shutil.rmtree(tablespace.location, ignore_errors=True)
     return [name for name, _ in left]
+
+
+def drop_orphans(server: Server) -> list[str]:
+    """Drop the tablespaces make() made on server for a process of this machine that is gone
+    (a run killed outright), with the databases in them; return their names.
+
+    Only names make() gives, in a folder it makes on the RAM disk: a tablespace of a run that
+    is still going (its pid alive, here or a process of another user) is left alone. Two runs
+    that start together may both drop the same orphan: drop() says `if exists`.
+    """
+    if not is_local_host(server.host):
+        return []
+    with server.connect("postgres", autocommit=True) as conn:
+        rows = conn.execute(
+            "select spcname::text, pg_catalog.pg_tablespace_location(oid)"
+            " from pg_catalog.pg_tablespace"
+        ).fetchall()
+    orphans = [
+        RamTablespace(name, Path(location))
+        for name, location in rows
+        if (named := _NAME.fullmatch(name))
+        and Path(location).parent == RAM_DISK
+        and Path(location).name.startswith(_FOLDER_PREFIX)
+        # Its process is gone, or its folder is (the machine restarted since: the pid may
+        # name another process by now).
+        and not (_alive(int(named["pid"])) and Path(location).is_dir())
+    ]
+    for orphan in orphans:
+        drop(server, orphan)
+    return [orphan.name for orphan in orphans]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal: only whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True

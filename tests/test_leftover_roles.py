@@ -17,6 +17,9 @@ from todo_rls.testing.database import TABLESPACE_ENV
 from fix_server import PgServer
 
 pytest_plugins = ["pytester"]
+# Its runs drop the tablespaces of killed runs when they start (tests/ram_tablespace.py): not
+# while test_ram_tablespace's orphans are being checked.
+pytestmark = pytest.mark.xdist_group("orphan_tablespaces")
 TESTS = Path(__file__).resolve().parent
 INNER = """
 import os
