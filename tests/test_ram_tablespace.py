@@ -17,11 +17,16 @@ from todo_rls.testing.citus import new_database_name
 import ram_tablespace
 from fix_server import PgServer
 
-pytestmark = [
-    pytest.mark.own_database,  # it makes databases and tablespaces of its own
-    # The runs of test_leftover_roles drop orphans too when they start: not meanwhile.
-    pytest.mark.xdist_group("orphan_tablespaces"),
-]
+# The runs of test_leftover_roles drop orphans too when they start: not meanwhile.
+pytestmark = pytest.mark.xdist_group("orphan_tablespaces")
+
+
+@pytest.fixture
+def server_admin(pg_server: PgServer) -> Iterator[psycopg.Connection[Any]]:
+    """The superuser on the server's postgres database (tablespaces and databases are the
+    server's, not a test database's)."""
+    with pg_server.connect("postgres", autocommit=True) as conn:
+        yield conn
 
 
 def gone_process_id() -> int:
@@ -66,28 +71,28 @@ def exist(admin: psycopg.Connection[Any], tablespace: str, database: str) -> tup
 
 
 def test_a_tablespace_of_a_run_still_going_is_kept(
-    pg_server: PgServer, admin: psycopg.Connection[Any]
+    pg_server: PgServer, server_admin: psycopg.Connection[Any]
 ) -> None:
     with left_behind(pg_server, pid=os.getpid()) as (tablespace, database):
         assert tablespace not in ram_tablespace.drop_orphans(pg_server)
-        assert exist(admin, tablespace, database) == (True, True)
+        assert exist(server_admin, tablespace, database) == (True, True)
 
 
 def test_a_tablespace_of_a_killed_run_is_dropped_with_its_databases(
-    pg_server: PgServer, admin: psycopg.Connection[Any]
+    pg_server: PgServer, server_admin: psycopg.Connection[Any]
 ) -> None:
     with left_behind(pg_server, gone_process_id()) as (tablespace, database):
-        assert exist(admin, tablespace, database) == (True, True)  # the control
+        assert exist(server_admin, tablespace, database) == (True, True)  # the control
         assert tablespace in ram_tablespace.drop_orphans(pg_server)
-        assert exist(admin, tablespace, database) == (False, False)
+        assert exist(server_admin, tablespace, database) == (False, False)
 
 
 def test_a_tablespace_whose_folder_is_gone_is_dropped_though_its_pid_lives(
-    pg_server: PgServer, admin: psycopg.Connection[Any]
+    pg_server: PgServer, server_admin: psycopg.Connection[Any]
 ) -> None:
     # The machine restarted (the RAM disk is empty), and a new process got the old pid.
     with left_behind(pg_server, pid=os.getpid()) as (tablespace, database):
-        row = admin.execute(
+        row = server_admin.execute(
             "select pg_catalog.pg_tablespace_location(oid) from pg_catalog.pg_tablespace"
             " where spcname = %s",
             (tablespace,),
@@ -95,4 +100,4 @@ def test_a_tablespace_whose_folder_is_gone_is_dropped_though_its_pid_lives(
         assert row is not None
         shutil.rmtree(row[0])
         assert tablespace in ram_tablespace.drop_orphans(pg_server)
-        assert exist(admin, tablespace, database) == (False, False)
+        assert exist(server_admin, tablespace, database) == (False, False)
