@@ -206,14 +206,14 @@ def test_downgrade_undistributes_and_upgrade_distributes_again(
 
 
 @pytest.mark.citus
-def test_migrate_on_citus_without_nodes_names_the_fix(
-    citus_cluster: CitusCluster, citus_database: str
-) -> None:
-    dbname = citus_database
-    with citus_cluster.coordinator.connect(dbname, autocommit=True) as conn:
-        # The fixture registered the nodes; this deployment forgot to.
-        for host, port in citus_cluster.workers:
-            conn.execute("select pg_catalog.citus_remove_node(%s, %s)", (host, port))
+def test_migrate_on_citus_without_nodes_names_the_fix(citus_cluster: CitusCluster) -> None:
+    # A deployment that created the extension on the coordinator and registered no node.
+    with (
+        citus_cluster.database(citus=False) as dbname,
+        citus_cluster.coordinator.connect(dbname, autocommit=True) as conn,
+    ):
+        conn.execute("create extension citus")
+        assert query_one(conn, "select count(*) from pg_catalog.pg_dist_node") == 0
         conn.execute(BETTER_AUTH_USER_DDL)
         url = citus_cluster.coordinator.url(dbname).render_as_string(hide_password=False)
         with pytest.raises(MigrationPreconditionError, match="citus_add_node"):
