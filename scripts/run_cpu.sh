@@ -32,7 +32,8 @@ citus_before=$(ticks "${citus_dirs[@]}")
 times=$(mktemp)
 status=0
 /usr/bin/time -f "%e %U %S" -o "$times" "$@" || status=$?
-read -r wall user sys < "$times"
+# (time writes "Command exited with non-zero status N" first when the command fails.)
+read -r wall user sys < <(tail -1 "$times")
 rm -f "$times"
 system=$(( $(ticks "$PGDATA_SYSTEM") - system_before ))
 citus=$(( $(ticks "${citus_dirs[@]}") - citus_before ))
