@@ -10,6 +10,7 @@ made and migrated afresh (a few seconds on a 3-node cluster on one machine).
 
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -29,6 +30,15 @@ DATABASE_PREFIX = "todo_rls_citus"
 _NODES = """
 select groupid, nodename::text, nodeport from pg_catalog.pg_dist_node
 where noderole = 'primary' and isactive order by groupid, nodeid
+"""
+
+# A drop ends the database's sessions first and waits at most this long for them to go; a drop
+# that still finds one (it connected meanwhile) is tried _DROP_ATTEMPTS times in all.
+_SESSIONS_GONE_SECONDS = 5.0
+_DROP_ATTEMPTS = 3
+_END_SESSIONS = """
+select count(pg_catalog.pg_terminate_backend(pid))::int from pg_catalog.pg_stat_activity
+where datname = %s and pid <> pg_catalog.pg_backend_pid()
 """
 
 # Who holds a database a drop cannot end (reported with the error).
@@ -116,23 +126,27 @@ class CitusCluster:
 
     def drop_database(self, name: str) -> None:
         """Drop name on every node, one node after another: the coordinator first, then each
-        worker drops its own copy (also when a killed run left it on some nodes only).
+        worker drops its own copy (also when a killed run left it on some nodes only). Each
+        node's own drop also removes its pg_dist_object row, as Citus's propagated one does.
 
-        Not Citus's propagated DROP: that drops on the workers at once, and each node's
-        maintenance daemon may be connecting to another node's copy right then, stuck behind
-        that node's drop. In 2 of 5 full runs of the suite one such drop waited out
-        PostgreSQL's 5 seconds for the other sessions and failed ("1 other session"). One drop
-        at a time, nothing waits on a drop elsewhere. Each node's own drop also removes its
-        pg_dist_object row for the database, as the propagated one does.
+        A session that connects as the drop begins can outlive DROP ... WITH (FORCE), which
+        then waits PostgreSQL's 5 seconds for it and fails ("1 other session"). Seen in a run of
+        the Citus group: the database's maintenance daemon started 9 ms before the coordinator's
+        drop (the server's log). So each node first ends the database's sessions and waits
+        until none is left, and a drop that still finds one is tried again.
         """
         drop = sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
         for server in self.nodes:
             with server.connect("postgres", autocommit=True) as conn:
                 conn.execute("set citus.enable_create_database_propagation = off")
-                try:
-                    conn.execute(drop)
-                except psycopg.errors.ObjectInUse as error:
-                    raise _with_sessions(error, conn, name, server) from None
+                for attempt in range(_DROP_ATTEMPTS):
+                    _end_sessions(conn, name)
+                    try:
+                        conn.execute(drop)
+                        break
+                    except psycopg.errors.ObjectInUse as error:
+                        if attempt == _DROP_ATTEMPTS - 1:
+                            raise _with_sessions(error, conn, name, server) from None
 
     @contextmanager
     def database(
@@ -156,6 +170,16 @@ class CitusCluster:
             with server.connect(dbname, autocommit=True) as conn:
                 results.append(conn.execute(query, params or None).fetchall())
         return results
+
+
+def _end_sessions(conn: psycopg.Connection[Any], name: str) -> None:
+    """End every session of database name on conn's server (bgworkers such as Citus's
+    maintenance daemon too) and wait until none is left, _SESSIONS_GONE_SECONDS at most."""
+    deadline = time.monotonic() + _SESSIONS_GONE_SECONDS
+    while (conn.execute(_END_SESSIONS, (name,)).fetchone() or (0,))[0]:
+        if time.monotonic() > deadline:
+            return  # the drop will name who holds it
+        time.sleep(0.01)
 
 
 def _with_sessions(
