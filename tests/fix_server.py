@@ -26,6 +26,7 @@ from todo_rls.testing.database import (
     server_from_setting,
 )
 
+import orphans
 import ram_tablespace
 
 LOCAL_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -60,7 +61,10 @@ def pytest_configure(config: pytest.Config) -> None:
     workers and every process they start find in the environment."""
     server = find_server()
     if TABLESPACE_ENV not in os.environ:
-        config.stash[_ORPHANS_DROPPED] = ram_tablespace.drop_orphans(server)
+        # What runs killed outright left: their tablespaces (with their databases), then
+        # their login roles (which no database left owns now).
+        dropped = ram_tablespace.drop_orphans(server) + orphans.drop_orphan_roles(server)
+        config.stash[_ORPHANS_DROPPED] = dropped
         made = ram_tablespace.make(server)
         if made is not None:
             config.stash[_MADE_TABLESPACE] = made
@@ -82,7 +86,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     dropped = config.stash.get(_ORPHANS_DROPPED, [])
     if not dropped:
         return None
-    return f"dropped the tablespaces of runs killed outright, with their databases: {dropped}"
+    return f"dropped what runs killed outright left (tablespaces, login roles): {dropped}"
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

@@ -29,6 +29,8 @@ from psycopg import sql
 
 from todo_rls.testing.database import Server, is_local_host
 
+from orphans import process_exists
+
 RAM_DISK = Path("/dev/shm")  # noqa: S108 - only mkdtemp makes folders in it (0700, unique)
 # make()'s names: the pid of the process that made it, then random hex.
 _NAME = re.compile(r"todo_rls_test_ts_(?P<pid>\d+)_[0-9a-f]{6}")
@@ -122,18 +124,8 @@ def drop_orphans(server: Server) -> list[str]:
         and Path(location).name.startswith(_FOLDER_PREFIX)
         # Its process is gone, or its folder is (the machine restarted since: the pid may
         # name another process by now).
-        and not (_alive(int(named["pid"])) and Path(location).is_dir())
+        and not (process_exists(int(named["pid"])) and Path(location).is_dir())
     ]
     for orphan in orphans:
         drop(server, orphan)
     return [orphan.name for orphan in orphans]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # no signal: only whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True

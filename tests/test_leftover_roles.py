@@ -17,9 +17,9 @@ from todo_rls.testing.database import TABLESPACE_ENV
 from fix_server import PgServer
 
 pytest_plugins = ["pytester"]
-# Its runs drop the tablespaces of killed runs when they start (tests/ram_tablespace.py): not
-# while test_ram_tablespace's orphans are being checked.
-pytestmark = pytest.mark.xdist_group("orphan_tablespaces")
+# Its runs drop what killed runs left when they start (tests/orphans.py): not while
+# test_orphans's are being checked.
+pytestmark = pytest.mark.xdist_group("orphans")
 TESTS = Path(__file__).resolve().parent
 INNER = """
 import os

@@ -1,7 +1,9 @@
-"""A tablespace a run killed outright left on the RAM disk is dropped by the next run, with its
-databases (tests/ram_tablespace.py); one of a run still going is not."""
+"""What a run killed outright left is dropped by the next run: its tablespaces on the RAM disk,
+with their databases (tests/ram_tablespace.py), and its login roles (tests/orphans.py). What a
+run still going made, and a role that could be a person's, is not."""
 
 import os
+import secrets
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -14,11 +16,12 @@ from psycopg import sql
 
 from todo_rls.testing.citus import new_database_name
 
+import orphans
 import ram_tablespace
 from fix_server import PgServer
 
 # The runs of test_leftover_roles drop orphans too when they start: not meanwhile.
-pytestmark = pytest.mark.xdist_group("orphan_tablespaces")
+pytestmark = pytest.mark.xdist_group("orphans")
 
 
 @pytest.fixture
@@ -101,3 +104,53 @@ def test_a_tablespace_whose_folder_is_gone_is_dropped_though_its_pid_lives(
         shutil.rmtree(row[0])
         assert tablespace in ram_tablespace.drop_orphans(pg_server)
         assert exist(server_admin, tablespace, database) == (False, False)
+
+
+@contextmanager
+def left_login_role(
+    admin: psycopg.Connection[Any], pid: int, expires: bool = True
+) -> Iterator[str]:
+    """A login role named as a run of process pid names its roles, valid for a day as the
+    runs make them (or with no end, as a person's may be); dropped after if still there."""
+    name = f"todo_rls_test_app_{pid}_abc123"
+    valid = sql.SQL(" valid until {}").format(sql.Literal("tomorrow")) if expires else sql.SQL("")
+    admin.execute(
+        sql.SQL("create role {} login password {}{}").format(
+            sql.Identifier(name), sql.Literal(secrets.token_urlsafe(24)), valid
+        )
+    )
+    try:
+        yield name
+    finally:
+        admin.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
+
+
+def role_exists(admin: psycopg.Connection[Any], name: str) -> bool:
+    row = admin.execute("select count(*) from pg_catalog.pg_roles where rolname = %s", (name,))
+    return row.fetchone() == (1,)
+
+
+def test_a_login_role_of_a_killed_run_is_dropped(
+    pg_server: PgServer, server_admin: psycopg.Connection[Any]
+) -> None:
+    with left_login_role(server_admin, gone_process_id()) as role:
+        assert role_exists(server_admin, role)  # the control
+        assert role in orphans.drop_orphan_roles(pg_server)
+        assert not role_exists(server_admin, role)
+
+
+def test_a_login_role_of_a_run_still_going_is_kept(
+    pg_server: PgServer, server_admin: psycopg.Connection[Any]
+) -> None:
+    with left_login_role(server_admin, os.getpid()) as role:
+        assert role not in orphans.drop_orphan_roles(pg_server)
+        assert role_exists(server_admin, role)
+
+
+def test_a_login_role_that_never_expires_is_kept_whatever_its_name(
+    pg_server: PgServer, server_admin: psycopg.Connection[Any]
+) -> None:
+    # A person's role may look like a run's; the runs' own expire within a day.
+    with left_login_role(server_admin, gone_process_id(), expires=False) as role:
+        assert role not in orphans.drop_orphan_roles(pg_server)
+        assert role_exists(server_admin, role)
