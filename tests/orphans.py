@@ -40,8 +40,8 @@ def process_exists(pid: int) -> bool:
 def drop_orphan_roles(server: Server) -> list[str]:
     """Drop the login roles of runs whose process is gone from server (on this machine only);
     return their names. One that still owns something or holds a privilege is left, for a
-    person to look at. (Not for Citus nodes: a role there is dropped through the coordinator,
-    from a database where Citus made it.)"""
+    person to look at, and named with the error. (Not for Citus nodes: a role there is
+    dropped through the coordinator, from a database where Citus made it.)"""
     if not is_local_host(server.host):
         return []
     dropped = []
@@ -52,7 +52,8 @@ def drop_orphan_roles(server: Server) -> list[str]:
                 continue
             try:
                 conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
-            except psycopg.errors.DependentObjectsStillExist:
+            except psycopg.Error as error:  # it owns something, or holds a privilege
+                dropped.append(f"{name} (left: {str(error).splitlines()[0]})")
                 continue
             dropped.append(name)
     return dropped

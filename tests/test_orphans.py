@@ -154,3 +154,19 @@ def test_a_login_role_that_never_expires_is_kept_whatever_its_name(
     with left_login_role(server_admin, gone_process_id(), expires=False) as role:
         assert role not in orphans.drop_orphan_roles(pg_server)
         assert role_exists(server_admin, role)
+
+
+def test_a_login_role_of_a_killed_run_that_owns_something_is_kept_and_named(
+    pg_server: PgServer, server_admin: psycopg.Connection[Any]
+) -> None:
+    with left_login_role(server_admin, gone_process_id()) as role:
+        database = new_database_name()
+        owned = sql.SQL("create database {} owner {}")
+        server_admin.execute(owned.format(sql.Identifier(database), sql.Identifier(role)))
+        try:
+            dropped = orphans.drop_orphan_roles(pg_server)
+        finally:
+            server_admin.execute(sql.SQL("drop database {}").format(sql.Identifier(database)))
+        (named,) = [entry for entry in dropped if entry.startswith(role)]
+        assert named.startswith(f"{role} (left: "), named
+        assert role_exists(server_admin, role)
