@@ -33,6 +33,7 @@ from todo_rls.identity import SigningKey
 from todo_rls.testing.citus import CitusCluster, NotACitusCoordinatorError
 from todo_rls.testing.database import Server, ensure_login_role
 
+import orphans
 import ram_tablespace
 from citus_probe import DROP_AUDIT_TRIGGER, PROBE_SQL, TASKS_EACH, users_on_two_workers
 from fix_db import create_user
@@ -136,8 +137,9 @@ def citus_cluster() -> Iterator[CitusCluster]:
         cluster = CitusCluster.of(server, str(dbname))
     except NotACitusCoordinatorError as error:
         pytest.fail(f"${CITUS_URL_ENV}: {error}", pytrace=False)
-    for node in cluster.nodes:  # what runs killed outright left (ram_tablespace.drop_orphans)
+    for node in cluster.nodes:  # what runs killed outright left (tests/orphans.py)
         ram_tablespace.drop_orphans(node)
+        orphans.drop_orphan_roles(node)  # on each node, as the plugin drops its login role
     made = ram_tablespaces_on_every_node(cluster)
     if made:
         coordinator = dataclasses.replace(cluster.coordinator, tablespace=made[0][1].name)

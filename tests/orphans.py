@@ -40,8 +40,9 @@ def process_exists(pid: int) -> bool:
 def drop_orphan_roles(server: Server) -> list[str]:
     """Drop the login roles of runs whose process is gone from server (on this machine only);
     return their names. One that still owns something or holds a privilege is left, for a
-    person to look at, and named with the error. (Not for Citus nodes: a role there is
-    dropped through the coordinator, from a database where Citus made it.)"""
+    person to look at, and named with the error. On Citus, call it for each node: a DROP ROLE
+    reaches the workers only from a database where Citus made the role, and that database is
+    gone."""
     if not is_local_host(server.host):
         return []
     dropped = []

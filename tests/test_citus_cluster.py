@@ -1,14 +1,19 @@
 """Dropping a Citus test database on a real cluster: CitusCluster.drop_database when a killed
 run left it on some nodes only, and the suite's RAM tablespaces when a run left a database in
-them on every node (the workers refuse ALTER DATABASE)."""
+them on every node (the workers refuse ALTER DATABASE), and a login role a killed run left on
+every node."""
 
 import dataclasses
+import secrets
 import shutil
+import subprocess
 
 import pytest
+from psycopg import sql
 
 from todo_rls.testing.citus import CitusCluster, new_database_name
 
+import orphans
 import ram_tablespace
 from fix_citus import ram_tablespaces_on_every_node
 
@@ -92,3 +97,31 @@ def test_a_database_left_in_the_ram_tablespaces_is_named_and_dropped_on_every_no
     )
     assert tablespaces == [[], [], []]
     assert not any(tablespace.location.exists() for _, tablespace in made)
+
+
+def test_a_login_role_a_killed_run_left_is_dropped_on_every_node(
+    citus_cluster: CitusCluster,
+) -> None:
+    # As a run's login role, made through a coordinator database that is gone now: on each node.
+    process = subprocess.Popen(["true"])  # noqa: S607 - coreutils, no input
+    process.wait()  # its pid: a process that has ended
+    role = f"todo_rls_citus_app_{process.pid}_abc12345"
+    make = sql.SQL("create role {} login password {} valid until 'tomorrow'").format(
+        sql.Identifier(role), sql.Literal(secrets.token_urlsafe(24))
+    )
+    exists = "select count(*)::int from pg_catalog.pg_roles where rolname = %s"
+    try:
+        for node in citus_cluster.nodes:
+            with node.connect("postgres", autocommit=True) as conn:
+                conn.execute("set citus.enable_ddl_propagation = off")
+                conn.execute(make)
+        assert citus_cluster.on_every_node("postgres", exists, role) == [[(1,)]] * 3
+
+        for node in citus_cluster.nodes:
+            assert role in orphans.drop_orphan_roles(node)
+        assert citus_cluster.on_every_node("postgres", exists, role) == [[(0,)]] * 3
+    finally:
+        for node in citus_cluster.nodes:
+            with node.connect("postgres", autocommit=True) as conn:
+                conn.execute("set citus.enable_ddl_propagation = off")
+                conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(role)))
