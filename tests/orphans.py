@@ -10,6 +10,7 @@ LOGIN role that expires within a day, and no live process with that pid on this 
 
 import os
 import re
+import subprocess
 
 import psycopg
 from psycopg import sql
@@ -37,6 +38,18 @@ def process_exists(pid: int) -> bool:
     return True
 
 
+def ended_process_id() -> int:
+    """The pid of a process that has ended (for tests: what a killed run's pid is now)."""
+    process = subprocess.Popen(["true"])  # noqa: S607 - coreutils, no input
+    process.wait()
+    return process.pid
+
+
+def left(name: str, error: psycopg.Error) -> str:
+    """How a sweep names an orphan it could not drop: the name, and the error's first line."""
+    return f"{name} (left: {str(error).splitlines()[0]})"
+
+
 def drop_orphan_roles(server: Server) -> list[str]:
     """Drop the login roles of runs whose process is gone from server (on this machine only);
     return their names. One that still owns something or holds a privilege is left, for a
@@ -54,7 +67,7 @@ def drop_orphan_roles(server: Server) -> list[str]:
             try:
                 conn.execute(sql.SQL("drop role if exists {}").format(sql.Identifier(name)))
             except psycopg.Error as error:  # it owns something, or holds a privilege
-                dropped.append(f"{name} (left: {str(error).splitlines()[0]})")
+                dropped.append(left(name, error))
                 continue
             dropped.append(name)
     return dropped

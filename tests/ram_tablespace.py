@@ -29,7 +29,7 @@ from psycopg import sql
 
 from todo_rls.testing.database import Server, is_local_host
 
-from orphans import process_exists
+from orphans import left, process_exists
 
 RAM_DISK = Path("/dev/shm")  # noqa: S108 - only mkdtemp makes folders in it (0700, unique)
 # make()'s names: the pid of the process that made it, then random hex.
@@ -132,7 +132,7 @@ def drop_orphans(server: Server) -> list[str]:
         try:
             drop(server, orphan)
         except psycopg.Error as error:  # a run must still start: named, for a person to drop
-            done.append(f"{orphan.name} (left: {str(error).splitlines()[0]})")
+            done.append(left(orphan.name, error))
             continue
         done.append(orphan.name)
     return done

@@ -6,7 +6,6 @@ every node."""
 import dataclasses
 import secrets
 import shutil
-import subprocess
 
 import pytest
 from psycopg import sql
@@ -103,9 +102,7 @@ def test_a_login_role_a_killed_run_left_is_dropped_on_every_node(
     citus_cluster: CitusCluster,
 ) -> None:
     # As a run's login role, made through a coordinator database that is gone now: on each node.
-    process = subprocess.Popen(["true"])  # noqa: S607 - coreutils, no input
-    process.wait()  # its pid: a process that has ended
-    role = f"todo_rls_citus_app_{process.pid}_abc12345"
+    role = f"todo_rls_citus_app_{orphans.ended_process_id()}_abc12345"
     make = sql.SQL("create role {} login password {} valid until 'tomorrow'").format(
         sql.Identifier(role), sql.Literal(secrets.token_urlsafe(24))
     )

@@ -5,7 +5,6 @@ run still going made, and a role that could be a person's, is not."""
 import os
 import secrets
 import shutil
-import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -32,15 +31,10 @@ def server_admin(pg_server: PgServer) -> Iterator[psycopg.Connection[Any]]:
         yield conn
 
 
-def gone_process_id() -> int:
-    """The pid of a process that has ended."""
-    process = subprocess.Popen(["true"])  # noqa: S607 - coreutils, no input
-    process.wait()
-    return process.pid
-
-
 @contextmanager
-def left_behind(pg_server: PgServer, pid: int) -> Iterator[tuple[str, str]]:
+def left_behind(
+    pg_server: PgServer, pid: int
+) -> Iterator[tuple[ram_tablespace.RamTablespace, str]]:
     """A tablespace on the RAM disk named as make() names one of process pid, and a database in
     it: (tablespace, database). Whatever the test left of them is dropped after."""
     name = f"todo_rls_test_ts_{pid}_abc123"
@@ -55,7 +49,7 @@ def left_behind(pg_server: PgServer, pid: int) -> Iterator[tuple[str, str]]:
                     sql.Identifier(database), sql.Identifier(name)
                 )
             )
-        yield name, database
+        yield tablespace, database
     finally:
         with pg_server.connect("postgres", autocommit=True) as conn:
             conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(database)))
@@ -77,17 +71,17 @@ def test_a_tablespace_of_a_run_still_going_is_kept(
     pg_server: PgServer, server_admin: psycopg.Connection[Any]
 ) -> None:
     with left_behind(pg_server, pid=os.getpid()) as (tablespace, database):
-        assert tablespace not in ram_tablespace.drop_orphans(pg_server)
-        assert exist(server_admin, tablespace, database) == (True, True)
+        assert tablespace.name not in ram_tablespace.drop_orphans(pg_server)
+        assert exist(server_admin, tablespace.name, database) == (True, True)
 
 
 def test_a_tablespace_of_a_killed_run_is_dropped_with_its_databases(
     pg_server: PgServer, server_admin: psycopg.Connection[Any]
 ) -> None:
-    with left_behind(pg_server, gone_process_id()) as (tablespace, database):
-        assert exist(server_admin, tablespace, database) == (True, True)  # the control
-        assert tablespace in ram_tablespace.drop_orphans(pg_server)
-        assert exist(server_admin, tablespace, database) == (False, False)
+    with left_behind(pg_server, orphans.ended_process_id()) as (tablespace, database):
+        assert exist(server_admin, tablespace.name, database) == (True, True)  # the control
+        assert tablespace.name in ram_tablespace.drop_orphans(pg_server)
+        assert exist(server_admin, tablespace.name, database) == (False, False)
 
 
 def test_a_tablespace_whose_folder_is_gone_is_dropped_though_its_pid_lives(
@@ -95,15 +89,9 @@ def test_a_tablespace_whose_folder_is_gone_is_dropped_though_its_pid_lives(
 ) -> None:
     # The machine restarted (the RAM disk is empty), and a new process got the old pid.
     with left_behind(pg_server, pid=os.getpid()) as (tablespace, database):
-        row = server_admin.execute(
-            "select pg_catalog.pg_tablespace_location(oid) from pg_catalog.pg_tablespace"
-            " where spcname = %s",
-            (tablespace,),
-        ).fetchone()
-        assert row is not None
-        shutil.rmtree(row[0])
-        assert tablespace in ram_tablespace.drop_orphans(pg_server)
-        assert exist(server_admin, tablespace, database) == (False, False)
+        shutil.rmtree(tablespace.location)
+        assert tablespace.name in ram_tablespace.drop_orphans(pg_server)
+        assert exist(server_admin, tablespace.name, database) == (False, False)
 
 
 @contextmanager
@@ -133,7 +121,7 @@ def role_exists(admin: psycopg.Connection[Any], name: str) -> bool:
 def test_a_login_role_of_a_killed_run_is_dropped(
     pg_server: PgServer, server_admin: psycopg.Connection[Any]
 ) -> None:
-    with left_login_role(server_admin, gone_process_id()) as role:
+    with left_login_role(server_admin, orphans.ended_process_id()) as role:
         assert role_exists(server_admin, role)  # the control
         assert role in orphans.drop_orphan_roles(pg_server)
         assert not role_exists(server_admin, role)
@@ -151,7 +139,7 @@ def test_a_login_role_that_never_expires_is_kept_whatever_its_name(
     pg_server: PgServer, server_admin: psycopg.Connection[Any]
 ) -> None:
     # A person's role may look like a run's; the runs' own expire within a day.
-    with left_login_role(server_admin, gone_process_id(), expires=False) as role:
+    with left_login_role(server_admin, orphans.ended_process_id(), expires=False) as role:
         assert role not in orphans.drop_orphan_roles(pg_server)
         assert role_exists(server_admin, role)
 
@@ -159,7 +147,7 @@ def test_a_login_role_that_never_expires_is_kept_whatever_its_name(
 def test_a_login_role_of_a_killed_run_that_owns_something_is_kept_and_named(
     pg_server: PgServer, server_admin: psycopg.Connection[Any]
 ) -> None:
-    with left_login_role(server_admin, gone_process_id()) as role:
+    with left_login_role(server_admin, orphans.ended_process_id()) as role:
         database = new_database_name()
         owned = sql.SQL("create database {} owner {}")
         server_admin.execute(owned.format(sql.Identifier(database), sql.Identifier(role)))
