@@ -9,6 +9,7 @@ import pytest
 from todo_rls.testing.citus import DATABASE_PREFIX, CitusCluster
 from todo_rls.testing.database import LOGIN_ROLE_PREFIX, TABLESPACE_ENV
 
+import orphans
 import ram_tablespace
 
 pytest_plugins = ["pytester"]
@@ -157,11 +158,7 @@ def pid_of(name: str) -> int:
 
 def alive(name: str) -> bool:
     """Whether the process a database or role name carries runs."""
-    try:
-        os.kill(pid_of(name), 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return orphans.process_exists(pid_of(name))
 
 
 def databases(cluster: CitusCluster) -> list[set[str]]:
